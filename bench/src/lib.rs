@@ -1,0 +1,2 @@
+//! Load generators for the Styx data plane benchmarks
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Split DNS resolver for *.ts.net and *.consul names
+#![forbid(unsafe_code)]

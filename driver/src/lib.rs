@@ -1,0 +1,2 @@
+//! Nomad task driver plugin for Apple containers
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Styx data plane.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Cross-crate tests: the Nomad client harness and the container simulator
+#![forbid(unsafe_code)]
