@@ -1,2 +1,4 @@
-//! Load generators for the Styx data plane benchmarks
+//! Load generators for the Styx data plane benchmarks.
 #![forbid(unsafe_code)]
+
+pub mod cli;
