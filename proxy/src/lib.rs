@@ -1,2 +1,38 @@
-//! Styx data plane.
+//! Styx data plane: TCP listeners that forward each accepted connection to an upstream.
+//!
+//! A connection is accepted under a per-listener connection limit, gets an upstream
+//! socket (from the pre-connect pool or a fresh connect with a timeout), optionally
+//! sends a PROXY protocol header, and is then forwarded by one of two engines until
+//! both directions have finished, one side resets, the idle timeout fires, or a
+//! shutdown drain runs out of time.
+//!
+//! Layout:
+//! - [`config`]: validated listener and proxy settings, and the TOML file format.
+//! - [`upstream`]: how a listener chooses the address it connects to.
+//! - [`connect`]: upstream connect with a timeout, and its error classification.
+//! - [`pool`]: pre-connected upstream sockets, each handed to exactly one client.
+//! - [`proxy_protocol`]: PROXY protocol v1 and v2 header encoding.
+//! - [`engine`]: the forwarding engines (`splice` on Linux, `copy` everywhere) and the
+//!   half-close, reset and idle rules they share.
+//! - [`listener`]: the accept loop and the life of one connection.
+//! - [`server`]: all listeners of one process, and the graceful drain.
+//! - [`metrics`]: metric names, descriptions, handles and the Prometheus endpoint.
+//! - [`system`]: process limits (open files).
+//! - [`cli`]: the `styx-proxy run` subcommand.
 #![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod engine;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod proxy_protocol;
+pub mod server;
+pub mod system;
+pub mod upstream;
+
+pub use config::{EngineChoice, ListenerConfig, ProxyConfig};
+pub use engine::Engine;
+pub use server::{DrainReport, Server};

@@ -1,0 +1,212 @@
+//! The `styx-proxy run` subcommand: flags, config loading and the process lifecycle.
+//!
+//! Order of work: parse and validate every setting, raise the open file limit, start
+//! the runtime, serve metrics when asked, bind every listener, serve until SIGTERM or
+//! SIGINT, then drain. Nothing is bound before the whole configuration is valid.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{
+    ConfigError, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_PRECONNECT_MAX_IDLE_S, EngineChoice, ListenerConfig,
+    ProxyConfig,
+};
+use crate::proxy_protocol::ProxyProtocol;
+use crate::server::{BindError, Server};
+
+/// Options of `styx-proxy run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Address to accept clients on, as IP:PORT. Required unless --config is given.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        required_unless_present = "config",
+        requires = "upstream"
+    )]
+    pub listen: Option<SocketAddr>,
+
+    /// Upstream address as IP:PORT; repeat the flag for round-robin over several.
+    #[arg(long, value_name = "ADDR", requires = "listen")]
+    pub upstream: Vec<SocketAddr>,
+
+    /// Forwarding engine: splice on Linux when available, else copy [default: auto,
+    /// or the config file's engine].
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineChoice>,
+
+    /// Serve Prometheus metrics over HTTP at IP:PORT [default: not served, or the
+    /// config file's metrics_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Upstream connections kept pre-connected, 0 for none.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "config",
+          value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub preconnect: u16,
+
+    /// Seconds a pre-connected upstream socket may wait for a client before it is
+    /// replaced.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_PRECONNECT_MAX_IDLE_S, conflicts_with = "config",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub preconnect_max_idle_s: u64,
+
+    /// Connections served at once; further clients wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS as u64, conflicts_with = "config",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: u64,
+
+    /// Upstream connect timeout, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_CONNECT_TIMEOUT_MS, conflicts_with = "config",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout_ms: u64,
+
+    /// Close a connection after this many seconds without a byte moving; 0 turns the
+    /// idle timeout off.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S, conflicts_with = "config")]
+    pub idle_timeout_s: u64,
+
+    /// Send a PROXY protocol header of this version to the upstream [default: none].
+    #[arg(long, value_enum, value_name = "VERSION", conflicts_with = "config")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+
+    /// Seconds a shutdown waits for open connections before resetting them [default:
+    /// 30, or the config file's drain_timeout_s].
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout_s: Option<u64>,
+
+    /// TOML file with one [[listener]] table per listener, instead of --listen and
+    /// --upstream.
+    #[arg(long, value_name = "FILE", conflicts_with = "listen")]
+    pub config: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Builds and validates the configuration these flags describe.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the invalid flag, or the file and line.
+    pub fn to_config(&self) -> Result<ProxyConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => ProxyConfig::from_file(path)?,
+            None => self.flags_config()?,
+        };
+        if let Some(engine) = self.engine {
+            for listener in &mut config.listeners {
+                listener.engine = engine;
+            }
+        }
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
+        }
+        if let Some(seconds) = self.drain_timeout_s {
+            config.drain_timeout = Duration::from_secs(seconds);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn flags_config(&self) -> Result<ProxyConfig, ConfigError> {
+        let Some(listen) = self.listen else {
+            return Err(ConfigError::Setting {
+                setting: "--listen",
+                message: "required unless --config is given".into(),
+            });
+        };
+        let mut listener = ListenerConfig::new("default", listen, self.upstream.clone());
+        listener.preconnect = usize::from(self.preconnect);
+        listener.preconnect_max_idle = Duration::from_secs(self.preconnect_max_idle_s);
+        listener.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
+        listener.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        listener.idle_timeout =
+            (self.idle_timeout_s > 0).then(|| Duration::from_secs(self.idle_timeout_s));
+        listener.proxy_protocol = self.proxy_protocol;
+        Ok(ProxyConfig {
+            listeners: vec![listener],
+            metrics_listen: None,
+            drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_S),
+        })
+    }
+}
+
+/// Failure of `styx-proxy run`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The tokio runtime or the signal handlers could not start.
+    #[error("failed to start the runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+///
+/// # Errors
+/// [`RunError`] when the configuration is invalid or something cannot start; nothing
+/// is served in that case.
+pub fn run(args: &RunArgs) -> Result<(), RunError> {
+    let config = args.to_config()?;
+
+    match crate::system::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit = ?limit, "Raised the open file limit"),
+        Err(error) => tracing::warn!(%error, "Failed to raise the open file limit"),
+    }
+
+    let workers = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: ProxyConfig) -> Result<(), RunError> {
+    if let Some(addr) = config.metrics_listen {
+        crate::metrics::install(addr)?;
+        tracing::info!(%addr, "Serving metrics");
+    }
+    let server = Server::bind(&config)?;
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone()).map_err(RunError::Runtime)?;
+    server.run(shutdown).await;
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "Received a shutdown signal");
+            shutdown.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        });
+    }
+    Ok(())
+}

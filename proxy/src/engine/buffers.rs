@@ -1,0 +1,62 @@
+//! A process-wide pool of copy buffers, lent to a direction only while data moves.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
+
+/// Size of one copy buffer. Large buffers mean fewer system calls per byte on bulk
+/// transfers; the pool keeps their cost off idle connections.
+pub(super) const BUFFER_SIZE: usize = 128 * 1024;
+
+/// Buffers kept for reuse; more than this many are freed when returned.
+const POOL_MAX: usize = 64;
+
+static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+/// A buffer borrowed from the pool; it goes back when dropped.
+pub(super) struct BufferLease {
+    buffer: Option<Box<[u8]>>,
+}
+
+impl BufferLease {
+    /// Takes a buffer from the pool, or allocates one when the pool is empty.
+    pub(super) fn take() -> Self {
+        let pooled = POOL
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .pop();
+        let buffer = pooled.unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice());
+        Self {
+            buffer: Some(buffer),
+        }
+    }
+}
+
+impl Drop for BufferLease {
+    fn drop(&mut self) {
+        let Some(buffer) = self.buffer.take() else {
+            return;
+        };
+        let mut pool = POOL.lock().unwrap_or_else(|poison| poison.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(buffer);
+        }
+    }
+}
+
+impl Deref for BufferLease {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.buffer
+            .as_deref()
+            .expect("a lease holds its buffer until dropped")
+    }
+}
+
+impl DerefMut for BufferLease {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.buffer
+            .as_deref_mut()
+            .expect("a lease holds its buffer until dropped")
+    }
+}

@@ -1,0 +1,283 @@
+//! The splice engine (Linux): `splice(2)` from the source socket into a pipe, then from
+//! the pipe into the destination socket, so payload bytes never enter user space.
+//!
+//! Every call is non-blocking (`SPLICE_F_NONBLOCK` plus non-blocking sockets and pipe)
+//! and driven by tokio readiness through `try_io`, which clears the socket's readiness
+//! only when the call reports EAGAIN. EAGAIN from splice can mean "no data" or "pipe
+//! full", so a direction tracks the bytes sitting in its pipe and fills the pipe only
+//! when it is empty. An EAGAIN while filling therefore always means the source socket
+//! has no data, and one while draining always means the destination socket is full.
+//!
+//! Fallbacks, all to the copy engine for the rest of the direction:
+//! - The startup probe finds splice missing (ENOSYS) or forbidden (EPERM, a seccomp
+//!   filter): every connection copies.
+//! - A splice from the socket fails with EINVAL, EOPNOTSUPP, ENOSYS or EPERM while the
+//!   pipe is empty, so nothing is in flight: that direction copies; ENOSYS and EPERM
+//!   also switch splice off for the process.
+//! - No pipe can be created (EMFILE, ENFILE): that direction copies.
+//!
+//! Pipes come from a small process-wide pool, are raised to [`PIPE_SIZE`] when the
+//! kernel allows, and go back to the pool only when empty.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::io::Errno;
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::{Activity, Direction, DirectionEnd, copy};
+
+/// Pipe capacity requested with F_SETPIPE_SZ. A larger pipe moves more per splice call
+/// on bulk transfers; Linux limits unprivileged requests to `/proc/sys/fs/pipe-max-size`
+/// (1 MiB by default) and otherwise keeps the 64 KiB default.
+pub(super) const PIPE_SIZE: usize = 256 * 1024;
+
+/// Empty pipes kept for reuse; more than this many are closed when returned.
+const POOL_MAX: usize = 64;
+
+const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
+
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+static PROBED: OnceLock<bool> = OnceLock::new();
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Returns whether splice works here, probing once with a pipe-to-pipe splice.
+pub(super) fn available() -> bool {
+    !DISABLED.load(Ordering::Relaxed) && *PROBED.get_or_init(probe)
+}
+
+fn probe() -> bool {
+    let result = (|| -> io::Result<usize> {
+        let (from_read, from_write) = new_fds()?;
+        let (_to_read, to_write) = new_fds()?;
+        rustix::io::write(&from_write, b"x")?;
+        Ok(rustix::pipe::splice(
+            &from_read, None, &to_write, None, 1, FLAGS,
+        )?)
+    })();
+    match result {
+        Ok(1) => true,
+        Ok(moved) => {
+            tracing::warn!(
+                moved,
+                "Splice probe moved an unexpected byte count, using copy"
+            );
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Splice is unavailable, using copy");
+            false
+        }
+    }
+}
+
+fn new_fds() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(
+        PipeFlags::CLOEXEC | PipeFlags::NONBLOCK,
+    )?)
+}
+
+/// Runs one direction until its source sends a FIN or a side fails.
+///
+/// # Cancel safety
+/// Not cancel safe: bytes in the pipe are lost when the future is dropped (the pipe is
+/// then closed rather than pooled).
+pub(super) async fn run(direction: Direction<'_>) -> DirectionEnd {
+    if !available() {
+        return copy::run(direction).await;
+    }
+    let Direction {
+        src,
+        dst,
+        src_side,
+        mut tally,
+        activity,
+    } = direction;
+    let dst_side = src_side.other();
+    let mut lease: Option<PipeLease> = None;
+
+    loop {
+        if let Err(error) = src.readable().await {
+            return DirectionEnd::read_failure(src_side, error);
+        }
+
+        let pipe = match lease {
+            Some(ref mut pipe) => pipe,
+            None => match PipeLease::take() {
+                Ok(pipe) => lease.insert(pipe),
+                Err(error) => {
+                    tracing::debug!(%error, "Failed to create a pipe, copying instead");
+                    let direction = Direction {
+                        src,
+                        dst,
+                        src_side,
+                        tally,
+                        activity,
+                    };
+                    return copy::run(direction).await;
+                }
+            },
+        };
+
+        let filled = src.try_io(Interest::READABLE, || {
+            let pipe = pipe.pipe();
+            Ok(rustix::pipe::splice(
+                src,
+                None,
+                &pipe.write,
+                None,
+                pipe.capacity,
+                FLAGS,
+            )?)
+        });
+        let filled = match filled {
+            Ok(0) => return super::finish(dst, dst_side),
+            Ok(filled) => filled,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // The source has no data: give the empty pipe back while waiting.
+                lease = None;
+                continue;
+            }
+            Err(error) if is_unsupported(&error) => {
+                // The pipe is empty, so falling back loses nothing.
+                drop(lease);
+                let direction = Direction {
+                    src,
+                    dst,
+                    src_side,
+                    tally,
+                    activity,
+                };
+                return copy::run(direction).await;
+            }
+            Err(error) => return DirectionEnd::read_failure(src_side, error),
+        };
+        pipe.in_pipe = filled;
+        activity.touch();
+
+        if let Err(error) = drain(pipe, dst, activity).await {
+            return DirectionEnd::write_failure(dst_side, error);
+        }
+        tally.add(filled);
+    }
+}
+
+/// Splices everything in the pipe into `dst`, waiting for room as needed. The
+/// direction reads nothing new until this returns, which is its backpressure.
+async fn drain(lease: &mut PipeLease, dst: &TcpStream, activity: &Activity) -> io::Result<()> {
+    while lease.in_pipe > 0 {
+        dst.writable().await?;
+        let moved = dst.try_io(Interest::WRITABLE, || {
+            let pipe = lease.pipe();
+            Ok(rustix::pipe::splice(
+                &pipe.read,
+                None,
+                dst,
+                None,
+                lease.in_pipe,
+                FLAGS,
+            )?)
+        });
+        match moved {
+            // Splicing out of a non-empty pipe whose write end is open never returns 0;
+            // stop instead of spinning if a kernel ever does.
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(moved) => {
+                lease.in_pipe -= moved;
+                activity.touch();
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Returns whether a splice error means "this cannot splice" rather than a socket
+/// failure. ENOSYS (no splice in this kernel) and EPERM (a seccomp filter) switch
+/// splice off for the whole process; EINVAL and EOPNOTSUPP (this descriptor pair
+/// cannot splice) only affect this direction.
+fn is_unsupported(error: &io::Error) -> bool {
+    let errno = error.raw_os_error().map(Errno::from_raw_os_error);
+    match errno {
+        Some(Errno::NOSYS | Errno::PERM) => {
+            if !DISABLED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(%error, "Splice failed on a socket, using copy from now on");
+            }
+            true
+        }
+        Some(Errno::INVAL | Errno::OPNOTSUPP) => true,
+        _ => false,
+    }
+}
+
+/// A pipe and its raised capacity.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let (read, write) = new_fds()?;
+        // Keep the default capacity when the kernel rejects the larger size.
+        let capacity = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE)
+            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))?;
+        Ok(Self {
+            read,
+            write,
+            capacity,
+        })
+    }
+}
+
+/// A pipe borrowed from the pool, with the count of bytes sitting in it. It goes back
+/// to the pool when dropped empty and is closed when dropped with data in it.
+struct PipeLease {
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+}
+
+impl PipeLease {
+    fn take() -> io::Result<Self> {
+        let pooled = POOL
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .pop();
+        let pipe = match pooled {
+            Some(pipe) => pipe,
+            None => Pipe::new()?,
+        };
+        Ok(Self {
+            pipe: Some(pipe),
+            in_pipe: 0,
+        })
+    }
+
+    fn pipe(&self) -> &Pipe {
+        self.pipe
+            .as_ref()
+            .expect("a lease holds its pipe until dropped")
+    }
+}
+
+impl Drop for PipeLease {
+    fn drop(&mut self) {
+        let Some(pipe) = self.pipe.take() else {
+            return;
+        };
+        if self.in_pipe > 0 {
+            return;
+        }
+        let mut pool = POOL.lock().unwrap_or_else(|poison| poison.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(pipe);
+        }
+    }
+}

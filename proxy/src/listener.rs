@@ -1,0 +1,286 @@
+//! One listener: the accept loop, and the life of each accepted connection.
+//!
+//! The accept loop takes a connection permit before it accepts, so at the limit new
+//! clients wait in the kernel's listen backlog instead of being accepted and dropped.
+//! Each connection runs in its own task inside a `connection` tracing span, and holds
+//! its permit until it ends. Accept errors (EMFILE and ENFILE above all) are counted
+//! and backed off, so running out of descriptors never turns into a busy loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::io::Errno;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::ListenerConfig;
+use crate::connect::{ConnectError, connect};
+use crate::engine::{self, ByteCounters, Close, ForwardOptions};
+use crate::metrics::{ConnectionResult, ListenerMetrics};
+use crate::pool::{Pool, PoolSettings};
+use crate::proxy_protocol::ProxyProtocol;
+use crate::upstream::{StaticUpstreams, Upstream};
+
+/// First wait after a failed accept; it doubles up to [`MAX_ACCEPT_BACKOFF`] while
+/// accepts keep failing.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What every connection of one listener shares.
+#[derive(Debug)]
+pub(crate) struct ListenerShared {
+    pub(crate) name: String,
+    upstream: Arc<dyn Upstream>,
+    pub(crate) pool: Option<Arc<Pool>>,
+    connect_timeout: Duration,
+    proxy_protocol: Option<ProxyProtocol>,
+    pub(crate) forward: ForwardOptions,
+    pub(crate) metrics: ListenerMetrics,
+    counters: ByteCounters,
+}
+
+impl ListenerShared {
+    pub(crate) fn new(config: &ListenerConfig) -> Self {
+        let metrics = ListenerMetrics::new(&config.name);
+        let upstream: Arc<dyn Upstream> = Arc::new(StaticUpstreams::new(config.upstreams.clone()));
+        let pool = (config.preconnect > 0).then(|| {
+            let settings = PoolSettings {
+                size: config.preconnect,
+                max_idle: config.preconnect_max_idle,
+                connect_timeout: config.connect_timeout,
+            };
+            Arc::new(Pool::new(settings, upstream.clone(), metrics.clone()))
+        });
+        let counters = ByteCounters {
+            client_to_upstream: metrics.client_to_upstream_bytes.clone(),
+            upstream_to_client: metrics.upstream_to_client_bytes.clone(),
+        };
+        Self {
+            name: config.name.clone(),
+            upstream,
+            pool,
+            connect_timeout: config.connect_timeout,
+            proxy_protocol: config.proxy_protocol,
+            forward: ForwardOptions {
+                engine: config.engine.resolve(),
+                idle_timeout: config.idle_timeout,
+            },
+            metrics,
+            counters,
+        }
+    }
+
+    /// Returns an upstream socket for a client at `client_addr` that connected to
+    /// `local_addr`: a pooled one when available, else a new connection. The PROXY
+    /// header, when configured, has been written to it.
+    async fn open_upstream(
+        &self,
+        client_addr: SocketAddr,
+        local_addr: SocketAddr,
+    ) -> Result<TcpStream, ConnectError> {
+        let header = self
+            .proxy_protocol
+            .map(|version| version.encode(client_addr, local_addr));
+
+        if let Some(pool) = &self.pool {
+            while let Some(mut stream) = pool.take() {
+                match send_header(&mut stream, header.as_deref()).await {
+                    Ok(()) => return Ok(stream),
+                    Err(error) => {
+                        tracing::debug!(%error, "Failed to send the PROXY header on a pooled connection");
+                        pool.record_discard("header_failed");
+                    }
+                }
+            }
+        }
+
+        let result = self.connect_new(header.as_deref()).await;
+        if let Err(error) = &result {
+            self.metrics.record_connect_error(error.as_metrics_label());
+        }
+        result
+    }
+
+    async fn connect_new(&self, header: Option<&[u8]>) -> Result<TcpStream, ConnectError> {
+        let addr = self.upstream.pick().ok_or(ConnectError::NoUpstream)?;
+        let started = Instant::now();
+        let mut stream = connect(addr, self.connect_timeout).await?;
+        self.metrics.connect_duration.record(started.elapsed());
+        send_header(&mut stream, header)
+            .await
+            .map_err(|source| ConnectError::Io { addr, source })?;
+        Ok(stream)
+    }
+}
+
+async fn send_header(stream: &mut TcpStream, header: Option<&[u8]>) -> io::Result<()> {
+    match header {
+        Some(header) => stream.write_all(header).await,
+        None => Ok(()),
+    }
+}
+
+/// Tokens and limits an accept loop works with.
+pub(crate) struct AcceptContext {
+    pub(crate) limit: Arc<Semaphore>,
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled when the listener must stop accepting.
+    pub(crate) stop: CancellationToken,
+    /// Cancelled when open connections must be reset (the drain deadline passed).
+    pub(crate) cut_off: CancellationToken,
+}
+
+/// Accepts clients until `context.stop` is cancelled, then closes the listening
+/// socket, so later clients are refused by the kernel.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    context: AcceptContext,
+) {
+    let mut backoff = MIN_ACCEPT_BACKOFF;
+    loop {
+        let permit = tokio::select! {
+            permit = context.limit.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
+            () = context.stop.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = context.stop.cancelled() => break,
+        };
+
+        let (client, client_addr) = match accepted {
+            Ok(accepted) => {
+                backoff = MIN_ACCEPT_BACKOFF;
+                accepted
+            }
+            Err(error) => {
+                record_accept_error(&shared, &error, backoff);
+                drop(permit);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = context.stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+
+        let span =
+            tracing::debug_span!("connection", listener = %shared.name, client.addr = %client_addr);
+        let task = serve(
+            client,
+            client_addr,
+            shared.clone(),
+            context.cut_off.clone(),
+            permit,
+        );
+        context.tracker.spawn(task.instrument(span));
+    }
+    drop(listener);
+}
+
+fn record_accept_error(shared: &ListenerShared, error: &io::Error, backoff: Duration) {
+    let errno = error.raw_os_error().map(Errno::from_raw_os_error);
+    let reason = match errno {
+        Some(Errno::MFILE | Errno::NFILE) => "fd_limit",
+        _ => "other",
+    };
+    shared.metrics.record_accept_error(reason);
+    // Only the first failure of a run is a warning; the rest repeat it.
+    if backoff == MIN_ACCEPT_BACKOFF {
+        tracing::warn!(listener = %shared.name, %error, reason, "Failed to accept a connection, backing off");
+    } else {
+        tracing::debug!(listener = %shared.name, %error, reason, "Failed to accept a connection, backing off");
+    }
+}
+
+/// Serves one client: opens the upstream, forwards, and records how it ended.
+async fn serve(
+    client: TcpStream,
+    client_addr: SocketAddr,
+    shared: Arc<ListenerShared>,
+    cut_off: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let metrics = &shared.metrics;
+    metrics.active.increment(1.0);
+    tracing::debug!("Connection accepted");
+
+    let upstream = match client.local_addr() {
+        Ok(local_addr) => {
+            if let Err(error) = client.set_nodelay(true) {
+                tracing::debug!(%error, "Failed to set TCP_NODELAY on the client socket");
+            }
+            tokio::select! {
+                upstream = shared.open_upstream(client_addr, local_addr) => upstream.map_err(Some),
+                () = cut_off.cancelled() => Err(None),
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, "Client socket closed before it was served");
+            Err(None)
+        }
+    };
+
+    let result = match upstream {
+        Ok(upstream) => forward(client, upstream, &shared, &cut_off).await,
+        Err(error) => {
+            if let Some(error) = error {
+                tracing::debug!(error = %error, "Failed to open the upstream connection");
+            }
+            // A reset, not a FIN, so the client cannot mistake this for an empty reply.
+            engine::reset(&client);
+            drop(client);
+            ConnectionResult::ConnectFailed
+        }
+    };
+
+    metrics.record_result(result);
+    metrics.active.decrement(1.0);
+    // The permit lives until here so the connection counts against the limit until
+    // both sockets are closed.
+    drop(permit);
+}
+
+async fn forward(
+    client: TcpStream,
+    upstream: TcpStream,
+    shared: &ListenerShared,
+    cut_off: &CancellationToken,
+) -> ConnectionResult {
+    let metrics = &shared.metrics;
+    let transfer =
+        engine::forward(client, upstream, &shared.forward, &shared.counters, cut_off).await;
+
+    let result = match &transfer.close {
+        Close::Completed => ConnectionResult::Completed,
+        Close::Reset(side) => {
+            match side {
+                engine::Side::Client => metrics.client_resets.increment(1),
+                engine::Side::Upstream => metrics.upstream_resets.increment(1),
+            }
+            ConnectionResult::Reset
+        }
+        Close::Failed(..) => ConnectionResult::Error,
+        Close::IdleTimeout => {
+            metrics.idle_timeouts.increment(1);
+            ConnectionResult::IdleTimeout
+        }
+        Close::CutOff => ConnectionResult::CutOff,
+    };
+    tracing::debug!(
+        bytes.client_to_upstream = transfer.client_to_upstream,
+        bytes.upstream_to_client = transfer.upstream_to_client,
+        result = result.as_label(),
+        close = ?transfer.close,
+        "Connection closed"
+    );
+    result
+}

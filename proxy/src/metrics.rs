@@ -1,0 +1,278 @@
+//! Metric names, their descriptions, per-listener handles and the Prometheus endpoint.
+//!
+//! Names follow `styx_proxy_<thing>_<unit>[_total]` with base units. Labels take values
+//! from closed sets only: the listener name (from the configuration), `direction`,
+//! `result`, `reason` and `side`. Client addresses never become labels. Handles are
+//! resolved once per listener, so the data path only increments a ready counter, and
+//! the engines add byte counts in chunks rather than once per system call.
+//!
+//! Nothing is served unless [`install`] is called with an address.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// Connections that ended, by `listener` and `result` (see [`ConnectionResult`]).
+pub const CONNECTIONS_TOTAL: &str = "styx_proxy_connections_total";
+/// Connections currently open, by `listener`.
+pub const CONNECTIONS_ACTIVE: &str = "styx_proxy_connections_active";
+/// Bytes forwarded, by `listener` and `direction` (`client_to_upstream`,
+/// `upstream_to_client`).
+pub const BYTES_TOTAL: &str = "styx_proxy_bytes_total";
+/// Time to open a new upstream connection, in seconds, by `listener`.
+pub const UPSTREAM_CONNECT_DURATION_SECONDS: &str = "styx_proxy_upstream_connect_duration_seconds";
+/// Failed upstream connects, by `listener` and `reason` (`refused`, `timeout`,
+/// `unreachable`, `reset`, `permission_denied`, `no_upstream`, `other`).
+pub const UPSTREAM_CONNECT_ERRORS_TOTAL: &str = "styx_proxy_upstream_connect_errors_total";
+/// Resets received, by `listener` and the `side` (`client`, `upstream`) that sent them.
+pub const RESETS_TOTAL: &str = "styx_proxy_resets_total";
+/// Connections closed because no byte moved for the idle timeout, by `listener`.
+pub const IDLE_TIMEOUTS_TOTAL: &str = "styx_proxy_idle_timeouts_total";
+/// Failed accepts, by `listener` and `reason` (`fd_limit`, `other`).
+pub const ACCEPT_ERRORS_TOTAL: &str = "styx_proxy_accept_errors_total";
+/// Clients served from the pre-connect pool, by `listener`.
+pub const POOL_HITS_TOTAL: &str = "styx_proxy_pool_hits_total";
+/// Clients that found the pre-connect pool empty, by `listener`.
+pub const POOL_MISSES_TOTAL: &str = "styx_proxy_pool_misses_total";
+/// Pooled connections thrown away, by `listener` and `reason` (`closed`, `expired`,
+/// `header_failed`).
+pub const POOL_DISCARDS_TOTAL: &str = "styx_proxy_pool_discards_total";
+/// File descriptors open in this process.
+pub const OPEN_FDS: &str = "styx_proxy_open_fds";
+/// Soft limit on open file descriptors of this process.
+pub const MAX_FDS: &str = "styx_proxy_max_fds";
+
+/// Buckets of [`UPSTREAM_CONNECT_DURATION_SECONDS`], from 50 µs to 10 s.
+pub const CONNECT_DURATION_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+    10.0,
+];
+
+/// How a connection ended, the `result` label of [`CONNECTIONS_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionResult {
+    /// Both directions finished with a FIN.
+    Completed,
+    /// One side reset the connection and the other side was reset in turn.
+    Reset,
+    /// No byte moved for the idle timeout.
+    IdleTimeout,
+    /// No upstream connection could be opened.
+    ConnectFailed,
+    /// A socket error other than a reset ended the connection.
+    Error,
+    /// The shutdown drain deadline passed while the connection was open.
+    CutOff,
+}
+
+impl ConnectionResult {
+    const ALL: [ConnectionResult; 6] = [
+        ConnectionResult::Completed,
+        ConnectionResult::Reset,
+        ConnectionResult::IdleTimeout,
+        ConnectionResult::ConnectFailed,
+        ConnectionResult::Error,
+        ConnectionResult::CutOff,
+    ];
+
+    /// Returns the label value.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            ConnectionResult::Completed => "completed",
+            ConnectionResult::Reset => "reset",
+            ConnectionResult::IdleTimeout => "idle_timeout",
+            ConnectionResult::ConnectFailed => "connect_failed",
+            ConnectionResult::Error => "error",
+            ConnectionResult::CutOff => "cut_off",
+        }
+    }
+}
+
+/// Metric handles of one listener, resolved once.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    listener: String,
+    results: [Counter; 6],
+    pub(crate) active: Gauge,
+    pub(crate) client_to_upstream_bytes: Counter,
+    pub(crate) upstream_to_client_bytes: Counter,
+    pub(crate) connect_duration: Histogram,
+    pub(crate) client_resets: Counter,
+    pub(crate) upstream_resets: Counter,
+    pub(crate) idle_timeouts: Counter,
+    pub(crate) pool_hits: Counter,
+    pub(crate) pool_misses: Counter,
+}
+
+impl ListenerMetrics {
+    /// Resolves the handles for the listener called `listener`.
+    pub fn new(listener: &str) -> Self {
+        describe();
+        let name = listener.to_owned();
+        let labels = [("listener", name.clone())];
+        let results = ConnectionResult::ALL.map(|result| {
+            metrics::counter!(CONNECTIONS_TOTAL, "listener" => name.clone(), "result" => result.as_label())
+        });
+        Self {
+            results,
+            active: metrics::gauge!(CONNECTIONS_ACTIVE, &labels),
+            client_to_upstream_bytes: metrics::counter!(BYTES_TOTAL, "listener" => name.clone(), "direction" => "client_to_upstream"),
+            upstream_to_client_bytes: metrics::counter!(BYTES_TOTAL, "listener" => name.clone(), "direction" => "upstream_to_client"),
+            connect_duration: metrics::histogram!(UPSTREAM_CONNECT_DURATION_SECONDS, &labels),
+            client_resets: metrics::counter!(RESETS_TOTAL, "listener" => name.clone(), "side" => "client"),
+            upstream_resets: metrics::counter!(RESETS_TOTAL, "listener" => name.clone(), "side" => "upstream"),
+            idle_timeouts: metrics::counter!(IDLE_TIMEOUTS_TOTAL, &labels),
+            pool_hits: metrics::counter!(POOL_HITS_TOTAL, &labels),
+            pool_misses: metrics::counter!(POOL_MISSES_TOTAL, &labels),
+            listener: name,
+        }
+    }
+
+    /// Counts one finished connection.
+    pub(crate) fn record_result(&self, result: ConnectionResult) {
+        let index = ConnectionResult::ALL
+            .iter()
+            .position(|candidate| *candidate == result)
+            .expect("ALL lists every result");
+        self.results[index].increment(1);
+    }
+
+    /// Counts one failed upstream connect; `reason` comes from a closed set.
+    pub(crate) fn record_connect_error(&self, reason: &'static str) {
+        metrics::counter!(UPSTREAM_CONNECT_ERRORS_TOTAL, "listener" => self.listener.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// Counts one failed accept; `reason` comes from a closed set.
+    pub(crate) fn record_accept_error(&self, reason: &'static str) {
+        metrics::counter!(ACCEPT_ERRORS_TOTAL, "listener" => self.listener.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// Counts one pooled connection thrown away; `reason` comes from a closed set.
+    pub(crate) fn record_pool_discard(&self, reason: &'static str) {
+        metrics::counter!(POOL_DISCARDS_TOTAL, "listener" => self.listener.clone(), "reason" => reason)
+            .increment(1);
+    }
+}
+
+/// Describes every metric once per process.
+fn describe() {
+    static DESCRIBED: OnceLock<()> = OnceLock::new();
+    DESCRIBED.get_or_init(|| {
+        metrics::describe_counter!(
+            CONNECTIONS_TOTAL,
+            Unit::Count,
+            "Connections that ended, by result."
+        );
+        metrics::describe_gauge!(
+            CONNECTIONS_ACTIVE,
+            Unit::Count,
+            "Connections currently open."
+        );
+        metrics::describe_counter!(BYTES_TOTAL, Unit::Bytes, "Bytes forwarded, by direction.");
+        metrics::describe_histogram!(
+            UPSTREAM_CONNECT_DURATION_SECONDS,
+            Unit::Seconds,
+            "Time to open a new upstream connection."
+        );
+        metrics::describe_counter!(
+            UPSTREAM_CONNECT_ERRORS_TOTAL,
+            Unit::Count,
+            "Failed upstream connects, by reason."
+        );
+        metrics::describe_counter!(
+            RESETS_TOTAL,
+            Unit::Count,
+            "Resets received, by the side that sent them."
+        );
+        metrics::describe_counter!(
+            IDLE_TIMEOUTS_TOTAL,
+            Unit::Count,
+            "Connections closed by the idle timeout."
+        );
+        metrics::describe_counter!(
+            ACCEPT_ERRORS_TOTAL,
+            Unit::Count,
+            "Failed accepts, by reason."
+        );
+        metrics::describe_counter!(
+            POOL_HITS_TOTAL,
+            Unit::Count,
+            "Clients served from the pre-connect pool."
+        );
+        metrics::describe_counter!(
+            POOL_MISSES_TOTAL,
+            Unit::Count,
+            "Clients that found the pre-connect pool empty."
+        );
+        metrics::describe_counter!(
+            POOL_DISCARDS_TOTAL,
+            Unit::Count,
+            "Pooled connections thrown away, by reason."
+        );
+        metrics::describe_gauge!(
+            OPEN_FDS,
+            Unit::Count,
+            "File descriptors open in this process."
+        );
+        metrics::describe_gauge!(MAX_FDS, Unit::Count, "Soft limit on open file descriptors.");
+    });
+}
+
+/// Failure to start the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to serve metrics at {addr}")]
+pub struct MetricsError {
+    addr: SocketAddr,
+    #[source]
+    source: metrics_exporter_prometheus::BuildError,
+}
+
+/// Installs the process-wide Prometheus recorder and serves it over HTTP at `addr`.
+///
+/// Histograms get explicit buckets, so they render as histograms, not summaries.
+/// Must be called from inside a tokio runtime, once per process.
+///
+/// # Errors
+/// [`MetricsError`] when `addr` cannot be bound or a recorder is already installed.
+pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+    let wrap = |source| MetricsError { addr, source };
+    let builder = PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full(UPSTREAM_CONNECT_DURATION_SECONDS.to_owned()),
+            &CONNECT_DURATION_BUCKETS,
+        )
+        .map_err(wrap)?;
+    let (recorder, exporter) = builder.build().map_err(wrap)?;
+    metrics::set_global_recorder(recorder).map_err(|error| wrap(error.into()))?;
+    tokio::spawn(async move {
+        if let Err(error) = exporter.await {
+            tracing::warn!(error = ?error, "Metrics endpoint stopped");
+        }
+    });
+
+    describe();
+    tokio::spawn(report_fds(Duration::from_secs(2)));
+    Ok(())
+}
+
+/// Updates the open and maximum file descriptor gauges every `period`.
+async fn report_fds(period: Duration) {
+    let open = metrics::gauge!(OPEN_FDS);
+    let max = metrics::gauge!(MAX_FDS);
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        if let Some(count) = crate::system::open_fds() {
+            open.set(count as f64);
+        }
+        if let Some(limit) = crate::system::fd_soft_limit() {
+            max.set(limit as f64);
+        }
+    }
+}

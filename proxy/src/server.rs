@@ -1,0 +1,167 @@
+//! All listeners of one process, and the graceful drain that ends them.
+//!
+//! Shutdown runs in two phases. When the shutdown token is cancelled, every listener
+//! stops accepting and closes its socket, so new clients are refused, and the
+//! pre-connect pools close. Open connections then have the drain timeout to finish on
+//! their own; those still open when it expires are reset, and their count is logged
+//! and returned.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ProxyConfig;
+use crate::listener::{AcceptContext, ListenerShared, accept_loop};
+
+/// Listen backlog; clients beyond the connection limit wait here.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Failure to bind a listener.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to listen on {addr} for listener {name:?}")]
+pub struct BindError {
+    name: String,
+    addr: SocketAddr,
+    #[source]
+    source: io::Error,
+}
+
+/// What the drain found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections open when shutdown started.
+    pub open_at_shutdown: usize,
+    /// Connections reset because the drain timeout expired.
+    pub cut_off: usize,
+}
+
+/// Bound listeners, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    listeners: Vec<Bound>,
+    drain_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Bound {
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    max_connections: usize,
+}
+
+impl Server {
+    /// Binds every listener of `config`; the config must have been validated.
+    ///
+    /// # Errors
+    /// [`BindError`] for the first address that cannot be bound.
+    pub fn bind(config: &ProxyConfig) -> Result<Self, BindError> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for listener_config in &config.listeners {
+            let listener = listen(listener_config.listen).map_err(|source| BindError {
+                name: listener_config.name.clone(),
+                addr: listener_config.listen,
+                source,
+            })?;
+            listeners.push(Bound {
+                listener,
+                shared: Arc::new(ListenerShared::new(listener_config)),
+                max_connections: listener_config.max_connections,
+            });
+        }
+        Ok(Self {
+            listeners,
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    /// Returns the bound address of each listener, in config order (useful when a
+    /// config asked for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|bound| bound.listener.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains.
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops the accept loops but leaves connection tasks running
+    /// on the runtime; cancel `shutdown` instead.
+    pub async fn run(self, shutdown: CancellationToken) -> DrainReport {
+        let tracker = TaskTracker::new();
+        let cut_off = CancellationToken::new();
+        let pools_stop = CancellationToken::new();
+        let mut accept_loops = JoinSet::new();
+
+        for bound in self.listeners {
+            let Bound {
+                listener,
+                shared,
+                max_connections,
+            } = bound;
+            let addr = listener.local_addr().ok();
+            tracing::info!(
+                listener = %shared.name,
+                addr = ?addr,
+                engine = shared.forward.engine.as_str(),
+                max_connections,
+                preconnect = shared.pool.is_some(),
+                "Listening"
+            );
+            if let Some(pool) = &shared.pool {
+                tokio::spawn(pool.clone().maintain(pools_stop.clone()));
+            }
+            let context = AcceptContext {
+                limit: Arc::new(Semaphore::new(max_connections)),
+                tracker: tracker.clone(),
+                stop: shutdown.clone(),
+                cut_off: cut_off.clone(),
+            };
+            accept_loops.spawn(accept_loop(listener, shared, context));
+        }
+
+        shutdown.cancelled().await;
+        // Wait until every listening socket is closed, so no client is accepted after
+        // the drain starts counting.
+        while accept_loops.join_next().await.is_some() {}
+        pools_stop.cancel();
+        tracker.close();
+        let open_at_shutdown = tracker.len();
+        tracing::info!(open = open_at_shutdown, timeout = ?self.drain_timeout, "Shutdown started, draining connections");
+
+        let mut cut = 0;
+        if tokio::time::timeout(self.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            cut = tracker.len();
+            cut_off.cancel();
+            tracker.wait().await;
+        }
+        tracing::info!(open_at_shutdown, cut_off = cut, "Drain finished");
+        DrainReport {
+            open_at_shutdown,
+            cut_off: cut,
+        }
+    }
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
