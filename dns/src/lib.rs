@@ -1,2 +1,39 @@
-//! Split DNS resolver for *.ts.net and *.consul names
+//! Split DNS for Styx: names under `ts.net` go to MagicDNS, names under `consul` to the local
+//! Consul agent, everything else to the system's servers, each route with its own upstream
+//! servers and the longest matching suffix winning.
+//!
+//! The resolver is built on hickory-resolver with a cache of its own in front, so TTL-0
+//! answers (Consul's default) are reused for a short floor, negative answers are cached per
+//! their SOA with a cap per route, and one dead server never makes answers slow. It is
+//! in-process: it does not read `/etc/resolver` files or ask the macOS system resolver, and
+//! it is not a DNS server.
+//!
+//! Layout:
+//! - [`name`]: name validation and route suffixes.
+//! - [`config`]: routes, timeouts, TTL policy, and the `--dns` override parser.
+//! - [`resolver`]: [`SplitResolver`], routing, caching and shared lookups.
+//! - `upstream`: the servers of one route, hedged queries and demotion.
+//! - `cache`: the answer cache.
+//! - [`answer`]: query types and lookup results.
+//! - [`error`]: lookup errors.
+//! - [`metrics`]: metric names.
+//! - [`watch`]: [`UpstreamName`] and the address watcher the proxy forwards through.
+//! - [`cli`]: the `resolve` subcommand.
 #![forbid(unsafe_code)]
+
+pub mod answer;
+mod cache;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod name;
+pub mod resolver;
+mod upstream;
+pub mod watch;
+
+pub use answer::{IpLookup, QueryType, SrvLookup, SrvRecord};
+pub use config::{ResolverConfig, RouteConfig, RouteOverride, Servers};
+pub use error::ResolveError;
+pub use resolver::SplitResolver;
+pub use watch::{AddressWatch, UpstreamName};
