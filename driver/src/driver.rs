@@ -1,0 +1,93 @@
+//! The driver core that the gRPC services delegate to: plugin identity, the current
+//! plugin config, capabilities and the shutdown signal.
+//!
+//! It holds no gRPC types except the generated messages it returns, so the task
+//! lifecycle can grow here without touching the service layer.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DecodeError, PluginConfig, TaskConfig};
+use crate::proto::drivers::{
+    DriverCapabilities,
+    driver_capabilities::{FsIsolation, MountConfigs},
+    network_isolation_spec::NetworkIsolationMode,
+};
+
+/// Driver API version that Nomad negotiates for task drivers.
+pub const PLUGIN_API_VERSION: &str = "v0.1.0";
+
+/// Shared driver state. Cloning is cheap and every clone sees the same state.
+#[derive(Debug, Clone)]
+pub struct Driver {
+    config: Arc<watch::Sender<Arc<PluginConfig>>>,
+    shutdown: CancellationToken,
+}
+
+impl Driver {
+    /// Creates a driver with the default config. Cancelling `shutdown` ends every stream
+    /// the driver serves.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        let (config, _) = watch::channel(Arc::new(PluginConfig::default()));
+        Self {
+            config: Arc::new(config),
+            shutdown,
+        }
+    }
+
+    /// Decodes and applies the agent's plugin config. On error the previous config stays
+    /// in force. Nomad may call this several times in one process.
+    pub fn set_config(&self, msgpack: &[u8]) -> Result<(), DecodeError> {
+        let config = PluginConfig::from_msgpack(msgpack)?;
+        tracing::info!(
+            container_path = %config.container_path.display(),
+            port_offset = config.port_offset,
+            "plugin config applied"
+        );
+        self.config.send_replace(Arc::new(config));
+        Ok(())
+    }
+
+    pub fn config(&self) -> Arc<PluginConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// Returns a receiver that sees every config change.
+    pub fn watch_config(&self) -> watch::Receiver<Arc<PluginConfig>> {
+        self.config.subscribe()
+    }
+
+    /// Decodes and validates a task's `config {}` block.
+    pub fn decode_task_config(&self, msgpack: &[u8]) -> Result<TaskConfig, DecodeError> {
+        TaskConfig::from_msgpack(msgpack)
+    }
+
+    pub fn capabilities(&self) -> DriverCapabilities {
+        DriverCapabilities {
+            send_signals: true,
+            // NOTE: false until ExecTask is implemented, so that Nomad does not run script
+            // checks against an RPC that fails.
+            exec: false,
+            // The image is the task's root file system, inside its own VM.
+            fs_isolation: FsIsolation::Image as i32,
+            // Containers run in their own VMs on the vmnet subnet, and Nomad's network
+            // namespaces do not exist on macOS, so only host mode applies.
+            network_isolation_modes: vec![NetworkIsolationMode::Host as i32],
+            must_create_network: false,
+            mount_configs: MountConfigs::UnknownMounts as i32,
+            disable_log_collection: false,
+            dynamic_workload_users: false,
+        }
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Asks the process to stop serving and exit.
+    pub fn request_exit(&self) {
+        self.shutdown.cancel();
+    }
+}

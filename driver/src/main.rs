@@ -1,0 +1,55 @@
+//! `styx-driver`: the Nomad task driver plugin binary. Nomad starts it; run by hand it
+//! explains that and exits with status 1.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use styx_driver::driver::Driver;
+use styx_driver::handshake::{self, UNIX_SOCKET_DIR_KEY};
+use styx_driver::logging::HclogLayer;
+use styx_driver::server;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Environment variable with a tracing filter for the plugin's logs, `info` by default.
+const LOG_FILTER_KEY: &str = "STYX_DRIVER_LOG";
+
+fn main() -> ExitCode {
+    if let Err(error) = handshake::check_environment(|key| std::env::var(key).ok()) {
+        // Plain text for the person who ran the binary by hand; a write error has no
+        // better place to go.
+        let _ = writeln!(std::io::stderr(), "styx-driver: {error}");
+        return ExitCode::FAILURE;
+    }
+
+    let filter = EnvFilter::try_from_env(LOG_FILTER_KEY).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(HclogLayer::stderr())
+        .init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(error = %error, "failed to start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let socket_dir = std::env::var_os(UNIX_SOCKET_DIR_KEY)
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let driver = Driver::new(CancellationToken::new());
+
+    match runtime.block_on(server::serve(driver, &socket_dir, std::io::stdout())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "plugin failed");
+            ExitCode::FAILURE
+        }
+    }
+}

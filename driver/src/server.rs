@@ -1,0 +1,159 @@
+//! The plugin's gRPC server on a unix socket, from bind to exit.
+//!
+//! Order matters to the host: the socket is bound and the server is accepting before
+//! the handshake line goes to stdout, and nothing else is ever written to stdout.
+//! The server runs until the host calls GRPCController.Shutdown or the process gets
+//! SIGTERM. SIGINT is ignored, like Go plugins do, so that Ctrl-C on a Nomad agent
+//! running in a terminal leaves the plugin to Nomad's own orderly shutdown.
+
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::driver::Driver;
+use crate::grpc::{
+    BasePluginService, BrokerService, ControllerService, DriverService, StdioService,
+};
+use crate::handshake::handshake_line;
+use crate::proto::base::base_plugin_server::BasePluginServer;
+use crate::proto::drivers::driver_server::DriverServer;
+use crate::proto::plugin::{
+    grpc_broker_server::GrpcBrokerServer, grpc_controller_server::GrpcControllerServer,
+    grpc_stdio_server::GrpcStdioServer,
+};
+
+/// Service name go-plugin's health check asks for.
+pub const HEALTH_SERVICE_NAME: &str = "plugin";
+
+/// Time that open calls get to finish after shutdown was requested. The host kills the
+/// plugin 2 s after its Shutdown call, so this stays well below that.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("failed to create the plugin socket in {}: {source}", dir.display())]
+    Bind {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to write the handshake line to stdout: {0}")]
+    Handshake(#[source] io::Error),
+
+    #[error("failed to install the signal handlers: {0}")]
+    Signals(#[source] io::Error),
+
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the plugin until shutdown. The handshake line goes to `handshake_out` once the
+/// socket in `socket_dir` accepts connections. The socket file is removed on return.
+pub async fn serve(
+    driver: Driver,
+    socket_dir: &Path,
+    mut handshake_out: impl Write,
+) -> Result<(), ServeError> {
+    watch_signals(&driver).map_err(ServeError::Signals)?;
+    let (listener, socket_path) = bind_socket(socket_dir).map_err(|source| ServeError::Bind {
+        dir: socket_dir.to_owned(),
+        source,
+    })?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(HEALTH_SERVICE_NAME, ServingStatus::Serving)
+        .await;
+
+    let shutdown = driver.shutdown_token().clone();
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(GrpcControllerServer::new(ControllerService::new(
+            driver.clone(),
+        )))
+        .add_service(GrpcStdioServer::new(StdioService::new(driver.clone())))
+        .add_service(GrpcBrokerServer::new(BrokerService::new(driver.clone())))
+        .add_service(BasePluginServer::new(BasePluginService::new(
+            driver.clone(),
+        )))
+        .add_service(DriverServer::new(DriverService::new(driver.clone())))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let mut server = tokio::spawn(server);
+
+    let line = handshake_line(&socket_path);
+    handshake_out
+        .write_all(line.as_bytes())
+        .and_then(|()| handshake_out.flush())
+        .map_err(ServeError::Handshake)?;
+    tracing::info!(socket = %socket_path.display(), "plugin listening");
+
+    tokio::select! {
+        result = &mut server => return flatten(result),
+        () = shutdown.cancelled() => {}
+    }
+
+    // Streams end when the shutdown token fires, so open calls finish quickly. A call
+    // that does not is cut off when the process exits.
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(result) => flatten(result)?,
+        Err(_) => tracing::debug!("open calls cut off at exit"),
+    }
+    tracing::info!("plugin stopped");
+    drop(socket_path);
+    Ok(())
+}
+
+fn flatten(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match result {
+        Ok(served) => served.map_err(ServeError::from),
+        Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+    }
+}
+
+/// Binds a unix socket named `plugin<random>` in `dir`, as go-plugin does, readable
+/// and writable by the owner only. The returned path removes the file when dropped.
+fn bind_socket(dir: &Path) -> io::Result<(UnixListener, tempfile::TempPath)> {
+    let socket = tempfile::Builder::new()
+        .prefix("plugin")
+        .rand_bytes(10)
+        .make_in(dir, |path| std::os::unix::net::UnixListener::bind(path))?;
+    let (listener, path) = socket.into_parts();
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok((UnixListener::from_std(listener)?, path))
+}
+
+/// Ignores SIGINT and turns SIGTERM into an orderly shutdown.
+fn watch_signals(driver: &Driver) -> io::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let driver = driver.clone();
+
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => tracing::debug!("ignored SIGINT; Nomad stops the plugin itself"),
+                _ = terminate.recv() => {
+                    tracing::info!("received SIGTERM, shutting down");
+                    driver.request_exit();
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
+}
