@@ -33,12 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            let rendered = error.render().to_string();
-            let first_line = rendered
-                .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            eprintln!("styx-proxy: {}", first_line.trim_start_matches("error: "));
+            eprintln!(
+                "styx-proxy: {}",
+                first_paragraph(&error.render().to_string())
+            );
             return ExitCode::from(2);
         }
     };
@@ -72,6 +70,17 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Returns clap's error message up to its first blank line, joined into one line (clap
+/// lists missing arguments on lines of their own, then usage and a hint).
+fn first_paragraph(rendered: &str) -> String {
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    lines.join(" ").trim_start_matches("error: ").to_owned()
 }
 
 /// Joins an error and its sources into one line.
