@@ -216,19 +216,27 @@ pub async fn run(args: &InviteArgs, layout: &Layout) -> anyhow::Result<()> {
         expires_at: expires_at.duration_since(UNIX_EPOCH)?.as_secs(),
     };
 
-    println!(
+    say(&format!(
         "invite endpoint listening on {address} until {} ({} use(s))",
         format_time(expires_at),
         args.uses
-    );
-    println!("run this on each Mac that should join:");
-    println!();
-    println!("  styx join {}", token.encode());
-    println!();
+    ));
+    say("run this on each Mac that should join:\n");
+    say(&format!("  styx join {}\n", token.encode()));
 
     serve(listener, acceptor, Arc::new(invite), args.ttl).await;
-    println!("invite endpoint closed");
+    say("invite endpoint closed");
     Ok(())
+}
+
+/// Prints one line to stdout, ignoring a closed stdout: the endpoint keeps serving when
+/// the terminal or pipe that started it goes away.
+fn say(line: &str) {
+    use std::io::Write;
+
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, invite: Arc<Invite>, ttl: Duration) {
@@ -254,7 +262,7 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, invite: Arc<Invite>
             let result =
                 tokio::time::timeout(REQUEST_TIMEOUT, serve_one(stream, acceptor, &invite)).await;
             match result {
-                Ok(Ok(line)) => println!("{peer}: {line}"),
+                Ok(Ok(line)) => say(&format!("{peer}: {line}")),
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "invite connection failed"),
                 Err(_) => tracing::debug!(%peer, "invite connection timed out"),
             }
