@@ -1,7 +1,6 @@
-//! `styx invite` and `styx join` end to end on loopback: the right token works once, and
-//! a wrong secret, an expired token, a reused single-use token and a pin that does not
-//! match are each rejected with a clear message and nothing written on the joiner.
-
+//! `styx invite` and `styx join` end to end on loopback. The right token works once.
+//! A wrong secret, an expired token, a reused single-use token and a pin that does not
+//! match are each rejected with a clear message, and nothing is written on the joiner.
 mod common;
 
 use std::fs;
@@ -144,7 +143,7 @@ fn join_with_valid_token_writes_client() {
         end_entity
             .verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
-                &[anchor.clone()],
+                std::slice::from_ref(&anchor),
                 &[],
                 UnixTime::now(),
                 usage,
