@@ -41,7 +41,8 @@ pub struct BenchArgs {
     #[arg(long = "peer", value_name = "NAME=ADDR", value_parser = parse_peer)]
     pub peers: Vec<(String, SocketAddr)>,
 
-    /// PID of a --peer process, for its CPU time and its idle-kib figure.
+    /// PID of a --peer process, for its CPU time and its idle-kib figure; repeat the flag
+    /// for a peer with several processes, such as nginx workers.
     #[arg(long = "peer-pid", value_name = "NAME=PID", value_parser = parse_peer_pid)]
     pub peer_pids: Vec<(String, u32)>,
 
@@ -64,7 +65,7 @@ impl BenchArgs {
     ///
     /// # Errors
     /// Returns [`BenchError::InvalidArgument`] for a peer name that is reserved or used
-    /// twice, and for a `--peer-pid` that names no peer.
+    /// twice, and for a `--peer-pid` that names no peer or repeats a PID.
     pub fn to_plan(&self) -> Result<Plan, BenchError> {
         let mut peers: Vec<Peer> = Vec::new();
         for (name, addr) in &self.peers {
@@ -72,7 +73,7 @@ impl BenchArgs {
             peers.push(Peer {
                 name: name.clone(),
                 addr: *addr,
-                pid: None,
+                pids: Vec::new(),
             });
         }
 
@@ -86,9 +87,10 @@ impl BenchArgs {
                 .iter_mut()
                 .find(|peer| &peer.name == name)
                 .ok_or_else(|| invalid("no --peer has this name"))?;
-            if peer.pid.replace(*pid).is_some() {
-                return Err(invalid("this peer already has a PID"));
+            if peer.pids.contains(pid) {
+                return Err(invalid("this PID is given twice"));
             }
+            peer.pids.push(*pid);
         }
 
         let scenarios: BTreeSet<Scenario> = if self.scenarios.is_empty() {
@@ -333,14 +335,16 @@ mod tests {
             "socat=127.0.0.1:19103",
             "--peer-pid",
             "haproxy=4242",
+            "--peer-pid",
+            "haproxy=4343",
         ])
         .unwrap();
         let plan = args.to_plan().unwrap();
         assert_eq!(plan.peers.len(), 2);
         assert_eq!(plan.peers[0].name, "haproxy");
         assert_eq!(plan.peers[0].addr, "127.0.0.1:19101".parse().unwrap());
-        assert_eq!(plan.peers[0].pid, Some(4242));
-        assert_eq!(plan.peers[1].pid, None);
+        assert_eq!(plan.peers[0].pids, [4242, 4343]);
+        assert!(plan.peers[1].pids.is_empty());
     }
 
     #[test]

@@ -33,9 +33,9 @@ const SETTLE_PAUSE: Duration = Duration::from_millis(200);
 pub struct IdleSample {
     /// Idle connections held open while RSS was read.
     pub connections: usize,
-    /// RSS of the proxy before the idle connections were opened, in KiB.
+    /// RSS of the proxy processes before the idle connections were opened, in KiB.
     pub rss_before_kib: u64,
-    /// RSS of the proxy with all idle connections open, in KiB.
+    /// RSS of the proxy processes with all idle connections open, in KiB.
     pub rss_after_kib: u64,
 }
 
@@ -47,7 +47,8 @@ impl IdleSample {
 }
 
 /// Opens `connections` idle connections through `target` and measures the RSS growth of
-/// process `proxy_pid`. The backend behind `stats` must serve no other idle connections.
+/// the processes `proxy_pids` together. The backend behind `stats` must serve no other idle
+/// connections.
 ///
 /// # Errors
 /// Returns an error when a connection fails, the backend does not see every connection in
@@ -55,7 +56,7 @@ impl IdleSample {
 pub async fn run_idle(
     target: SocketAddr,
     connections: usize,
-    proxy_pid: u32,
+    proxy_pids: &[u32],
     stats: &BackendStats,
 ) -> Result<IdleSample, BenchError> {
     let warmup = open_idle(target, WARMUP_CONNECTIONS).await?;
@@ -64,11 +65,11 @@ pub async fn run_idle(
     wait_for_idle_count(stats, 0).await?;
     tokio::time::sleep(SETTLE_PAUSE).await;
 
-    let rss_before_kib = process::rss_kib(proxy_pid)?;
+    let rss_before_kib = total_rss_kib(proxy_pids)?;
     let held = open_idle(target, connections).await?;
     wait_for_idle_count(stats, connections).await?;
     tokio::time::sleep(SETTLE_PAUSE).await;
-    let rss_after_kib = process::rss_kib(proxy_pid)?;
+    let rss_after_kib = total_rss_kib(proxy_pids)?;
 
     drop(held);
     wait_for_idle_count(stats, 0).await?;
@@ -78,6 +79,10 @@ pub async fn run_idle(
         rss_before_kib,
         rss_after_kib,
     })
+}
+
+fn total_rss_kib(pids: &[u32]) -> Result<u64, BenchError> {
+    pids.iter().map(|&pid| process::rss_kib(pid)).sum()
 }
 
 async fn open_idle(target: SocketAddr, count: usize) -> Result<Vec<TcpStream>, BenchError> {

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use crate::error::BenchError;
 
-/// Total user plus system CPU time of process `pid` and all its threads, in seconds.
+/// User plus system CPU time of process `pid` and all its threads, in seconds. Child
+/// processes do not count, so a peer that forks per connection (socat) has no CPU figure.
 ///
 /// # Errors
 /// Returns [`BenchError::ProcessStats`] when the process does not exist or its stats do
@@ -83,10 +84,13 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
 
     // `after_name` starts at field 3 (state), so utime is its 12th field.
-    let mut fields = after_name.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    (fields.len() == 2).then(|| fields.iter().sum())
 }
 
 /// Reads `VmRSS` (in kB, which the kernel means as KiB) from `/proc/PID/status`.
@@ -177,13 +181,13 @@ mod tests {
     #[test]
     fn stat_cpu_ticks_sums_utime_and_stime() {
         let stat = "4242 (styx-proxy) S 1 4242 4242 0 -1 4194560 1500 0 0 0 \
-                    731 269 0 0 20 0 3 0 12345 1000000 500 18446744073709551615";
+                    731 269 40 60 20 0 3 0 12345 1000000 500 18446744073709551615";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(1000));
     }
 
     #[test]
     fn stat_cpu_ticks_name_with_parens() {
-        let stat = "7 (a) b) (c) R 1 7 7 0 -1 0 0 0 0 0 5 6 0 0 20 0 1 0 1 1 1";
+        let stat = "7 (a) b) (c) R 1 7 7 0 -1 0 0 0 0 0 5 6 1 2 20 0 1 0 1 1 1";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(11));
     }
 

@@ -206,7 +206,9 @@ impl Report {
             self.ratio_to_direct(measurement),
             self.direct_value(scenario),
         ) {
-            (Some(ratio), Some(direct)) if scenario.is_latency() => {
+            (Some(ratio), Some(direct))
+                if scenario.is_latency() && measurement.path != DIRECT_PATH =>
+            {
                 format!("{ratio:.2}x ({:+.1} µs)", measurement.value - direct)
             }
             (Some(ratio), _) => format!("{ratio:.2}x"),

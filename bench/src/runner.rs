@@ -57,9 +57,9 @@ impl Profile {
 pub struct Peer {
     pub name: String,
     pub addr: SocketAddr,
-    /// PID whose CPU time and memory count as the peer's; without it the peer gets no CPU
-    /// figure and no idle-kib figure.
-    pub pid: Option<u32>,
+    /// Processes whose CPU time and memory count as the peer's (for example every nginx
+    /// worker); with none the peer gets no CPU figure and no idle-kib figure.
+    pub pids: Vec<u32>,
 }
 
 /// Scenarios, paths and load sizes of one run.
@@ -201,14 +201,14 @@ fn targets_for(
         });
     }
     for peer in &plan.peers {
-        if group == Group::Idle && peer.pid.is_none() {
+        if group == Group::Idle && peer.pids.is_empty() {
             tracing::info!(peer = %peer.name, "skipping idle-kib for a peer without --peer-pid");
             continue;
         }
         targets.push(Target {
             name: peer.name.clone(),
             addr: peer.addr,
-            pids: peer.pid.into_iter().collect(),
+            pids: peer.pids.clone(),
         });
     }
     targets
@@ -285,13 +285,13 @@ fn run_sample(
             ]
         }
         Group::Idle => {
-            let pid = target.pids[0];
-            let sample = runtime.block_on(run_idle(
+            let run = run_idle(
                 target.addr,
                 plan.idle_connections,
-                pid,
+                &target.pids,
                 backend.stats(),
-            ))?;
+            );
+            let sample = runtime.block_on(run)?;
             vec![(Scenario::IdleKib, sample.kib_per_connection())]
         }
     };

@@ -173,7 +173,7 @@ fn idle_holds_and_releases_connections() {
     let stub = start_stub_proxy(&runtime, backend.local_addr());
 
     let sample = runtime
-        .block_on(run_idle(stub, 50, std::process::id(), backend.stats()))
+        .block_on(run_idle(stub, 50, &[std::process::id()], backend.stats()))
         .expect("idle through the stub");
     assert_eq!(sample.connections, 50);
     assert!(sample.rss_before_kib > 0);
@@ -199,7 +199,7 @@ fn runner_reports_every_scenario() {
         peers: vec![Peer {
             name: "stub".to_owned(),
             addr: stub,
-            pid: Some(std::process::id()),
+            pids: vec![std::process::id()],
         }],
         profile: Profile {
             window: TINY,
