@@ -1,6 +1,7 @@
 //! `styx invite` and `styx join` end to end on loopback. The right token works once.
 //! A wrong secret, an expired token, a reused single-use token and a pin that does not
 //! match are each rejected with a clear message, and nothing is written on the joiner.
+
 mod common;
 
 use std::fs;

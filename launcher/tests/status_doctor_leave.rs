@@ -1,0 +1,352 @@
+//! `styx status` against fake Nomad and Consul HTTPS APIs on loopback, `styx doctor`
+//! on fake programs, and `styx leave` / `styx uninstall` on a `--no-start` setup.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{Fakes, run, stdout};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Starts an HTTPS server on 127.0.0.1 that serves `routes` (path, JSON body) with the
+/// certificate `name` of `prefix`, and returns its base URL. Paths listed in `chunked` are
+/// sent with chunked transfer encoding.
+fn fake_api(
+    prefix: &Path,
+    name: &str,
+    routes: Vec<(&'static str, String)>,
+    chunked: &'static [&'static str],
+) -> String {
+    let chain = fs::read_to_string(prefix.join(format!("tls/{name}.pem"))).unwrap();
+    let key = fs::read_to_string(prefix.join(format!("tls/{name}-key.pem"))).unwrap();
+    let config = styx_launcher::tls::server_config(&chain, &key).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let body = routes
+                    .iter()
+                    .find(|(route, _)| *route == path)
+                    .map(|(_, body)| body.clone());
+                let response = match body {
+                    Some(body) if chunked.contains(&path.as_str()) => {
+                        let (first, second) = body.split_at(body.len() / 2);
+                        format!(
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+                            first.len(),
+                            second.len()
+                        )
+                    }
+                    Some(body) => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                };
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+    });
+    format!("https://{address}")
+}
+
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    format!("https://{address}")
+}
+
+fn init(fakes: &Fakes, prefix: &Path) {
+    let output = run(fakes.styx(prefix).args(["init", "--no-start"]));
+    assert!(output.status.success());
+}
+
+#[test]
+fn status_reports_cluster_and_down_items() {
+    let fakes = Fakes::healthy();
+    fakes.output_for(
+        "launchctl",
+        "print",
+        "gui/501/dev.styx.nomad = {\n\tstate = running\n\tpid = 4242\n}\n",
+        0,
+    );
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("styx");
+    init(&fakes, &prefix);
+
+    let nomad = fake_api(
+        &prefix,
+        "nomad",
+        vec![
+            ("/v1/status/leader", "\"100.101.102.103:4647\"".to_owned()),
+            ("/v1/agent/members", r#"{"Members":[{"Name":"mac-one.global","Status":"alive"}]}"#.to_owned()),
+            (
+                "/v1/nodes",
+                r#"[{"Name":"mac-one","Status":"ready","Drivers":{"apple-container":{"Detected":true,"Healthy":true}}},
+                   {"Name":"mac-two","Status":"down","Drivers":{}},
+                   {"Name":"mac-three","Status":"ready","Drivers":{"apple-container":{"Healthy":false,"HealthDescription":"container system service is not running"}}}]"#
+                    .to_owned(),
+            ),
+        ],
+        &["/v1/nodes"],
+    );
+    let consul = fake_api(
+        &prefix,
+        "consul",
+        vec![
+            ("/v1/status/leader", "\"100.101.102.103:8300\"".to_owned()),
+            (
+                "/v1/agent/members",
+                r#"[{"Name":"mac-one","Status":1},{"Name":"mac-two","Status":4}]"#.to_owned(),
+            ),
+        ],
+        &[],
+    );
+    let state = prefix.join("styx.toml");
+    let mut text = fs::read_to_string(&state).unwrap();
+    text.push_str(&format!(
+        "\n[endpoints]\nnomad = \"{nomad}\"\nconsul = \"{consul}\"\nvault = \"{}\"\n",
+        closed_port_url()
+    ));
+    fs::write(&state, text).unwrap();
+
+    let output = run(fakes.styx(&prefix).args(["status", "--json"]));
+
+    assert_eq!(output.status.code(), Some(1), "something is down");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let item = |name: &str| {
+        report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|item| item["name"] == name)
+            .unwrap_or_else(|| panic!("item {name} missing from {report}"))
+            .clone()
+    };
+    assert_eq!(item("agent nomad")["up"], true);
+    assert_eq!(item("agent nomad")["detail"], "running, pid 4242");
+    assert_eq!(item("nomad leader")["detail"], "100.101.102.103:4647");
+    assert_eq!(item("nomad server mac-one.global")["up"], true);
+    assert_eq!(item("nomad node mac-one")["up"], true);
+    assert_eq!(
+        item("nomad node mac-one")["detail"],
+        "ready, driver apple-container healthy"
+    );
+    assert_eq!(item("nomad node mac-two")["up"], false);
+    assert_eq!(item("nomad node mac-three")["up"], false);
+    assert!(
+        item("nomad node mac-three")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("container system service is not running")
+    );
+    assert_eq!(item("consul leader")["up"], true);
+    assert_eq!(item("consul member mac-one")["up"], true);
+    assert_eq!(item("consul member mac-two")["detail"], "failed");
+    assert_eq!(item("vault")["up"], false);
+    assert!(
+        item("vault")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("failed to connect")
+    );
+}
+
+#[test]
+fn status_without_setup_names_the_fix() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+
+    let output = run(fakes.styx(&home.path().join("none")).arg("status"));
+
+    assert_eq!(output.status.code(), Some(3));
+    assert!(common::stderr(&output).contains("run `styx init` or `styx join` first"));
+}
+
+#[test]
+fn doctor_healthy_mac_passes_checks() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("styx");
+    init(&fakes, &prefix);
+    let system = home.path().join("system");
+    fs::create_dir_all(system.join("etc/resolver")).unwrap();
+    fs::write(
+        system.join("etc/resolver/consul"),
+        "nameserver 127.0.0.1\nport 8600\n",
+    )
+    .unwrap();
+
+    let output = run(fakes
+        .styx(&prefix)
+        .arg("--system-root")
+        .arg(&system)
+        .args(["doctor", "--json"]));
+
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let level = |name: &str| {
+        checks
+            .iter()
+            .find(|check| check["name"] == name)
+            .unwrap_or_else(|| panic!("check {name} missing"))["level"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for name in [
+        "macOS version",
+        "Apple silicon",
+        "container installed",
+        "container service",
+        "Tailscale up",
+        "Tailscale exit node",
+        "nomad installed",
+        "consul installed",
+        "vault installed",
+        "launchd file limit",
+        "/etc/resolver/consul",
+    ] {
+        assert_eq!(level(name), "OK", "{name}");
+    }
+    assert_eq!(level("Local Network access"), "WARN");
+}
+
+#[test]
+fn doctor_reports_failures_with_fixes() {
+    let fakes = Fakes::healthy();
+    fakes.output("sw_vers", "14.6\n");
+    fakes.output("uname", "x86_64\n");
+    fakes.output_for("container", "system", "apiserver is not running\n", 1);
+    fakes.output("nomad", "Nomad v1.5.0\n");
+    fakes.remove("consul");
+    fakes.output(
+        "tailscale",
+        &common::RUNNING_STATUS.replace(
+            "\"Health\": [],",
+            "\"Health\": [], \"ExitNodeStatus\": {\"ID\": \"nEXIT\", \"Online\": true},",
+        ),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let system = home.path().join("system");
+    fs::create_dir_all(system.join("etc/resolver")).unwrap();
+    fs::write(
+        system.join("etc/resolver/consul"),
+        "nameserver 127.0.0.1\nport 8600\nsearch consul\n",
+    )
+    .unwrap();
+
+    let output = run(fakes
+        .styx(&home.path().join("styx"))
+        .arg("--system-root")
+        .arg(&system)
+        .arg("doctor"));
+
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    let line_of = |name: &str| {
+        text.lines()
+            .find(|line| line.contains(name))
+            .unwrap_or_else(|| panic!("no line for {name} in:\n{text}"))
+            .to_owned()
+    };
+    assert!(line_of("macOS version").starts_with("FAIL"));
+    assert!(line_of("Apple silicon").starts_with("FAIL"));
+    assert!(line_of("container service").starts_with("FAIL"));
+    assert!(text.contains("fix: container system start"), "{text}");
+    assert!(line_of("Tailscale exit node").starts_with("WARN"));
+    assert!(text.contains("fix: tailscale set --exit-node="), "{text}");
+    assert!(line_of("nomad installed").contains("1.7.0 or newer is needed"));
+    assert!(line_of("consul installed").starts_with("FAIL"));
+    assert!(
+        text.contains("fix: brew install hashicorp/tap/consul"),
+        "{text}"
+    );
+    assert!(line_of("/etc/resolver/consul").starts_with("FAIL"));
+    assert!(line_of("launchd file limit").contains("default soft limit is 256"));
+}
+
+#[test]
+fn leave_drains_and_keeps_data() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("styx");
+    init(&fakes, &prefix);
+    fakes.output_for("launchctl", "print", "state = running\n", 0);
+
+    let output = run(fakes.styx(&prefix).arg("leave"));
+
+    assert!(output.status.success());
+    let calls = fakes.calls();
+    let uid = rustix::process::getuid().as_raw();
+    assert!(
+        calls.contains(&"nomad node drain -self -enable -yes -deadline 5m".to_owned()),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&"consul leave".to_owned()), "{calls:?}");
+    for service in ["nomad", "vault", "consul"] {
+        let bootout = format!("launchctl bootout gui/{uid}/dev.styx.{service}");
+        assert!(calls.contains(&bootout), "{bootout} missing from {calls:?}");
+        assert!(
+            !prefix
+                .join(format!("LaunchAgents/dev.styx.{service}.plist"))
+                .exists()
+        );
+    }
+    let drain = calls
+        .iter()
+        .position(|call| call.starts_with("nomad node drain"))
+        .unwrap();
+    let first_bootout = calls
+        .iter()
+        .position(|call| call.starts_with("launchctl bootout"))
+        .unwrap();
+    assert!(
+        drain < first_bootout,
+        "the node drains before its agents stop"
+    );
+    assert!(
+        prefix.join("tls/ca.pem").is_file(),
+        "data is kept without --purge"
+    );
+}
+
+#[test]
+fn uninstall_purge_removes_everything() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("styx");
+    init(&fakes, &prefix);
+
+    let output = run(fakes.styx(&prefix).args(["uninstall", "--purge"]));
+
+    assert!(output.status.success());
+    let calls = fakes.calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|call| call.starts_with("nomad node drain")),
+        "{calls:?}"
+    );
+    assert!(!prefix.exists());
+}
