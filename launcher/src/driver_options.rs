@@ -1,9 +1,10 @@
 //! Names and defaults of the `apple-container` driver's plugin options, as the launcher
 //! writes them into Nomad's `plugin "apple-container" { config { ... } }` block.
 //!
-//! NOTE: the driver crate defines its own option decoding, and these names were chosen
-//! before it settled. Keep this module the one place to change when the two are
-//! aligned.
+//! NOTE: the driver crate decodes these options itself, and the names here were chosen
+//! before it settled. At the time of writing it reads `preconnect_pool_size` and
+//! `metrics_address` where this module writes `preconnect` and `metrics_listen`. Align
+//! the two here, in this one module.
 
 /// Nomad driver name the plugin registers.
 pub const DRIVER_NAME: &str = "apple-container";
