@@ -309,6 +309,7 @@ async fn connection_limit_holds_extra_client(engine: EngineChoice, name: &str) {
         .unwrap();
     assert_eq!(&echoed, b"three");
     round_trip(&mut second, b"still").await;
+    drop((second, third));
     proxy.stop().await;
 }
 
@@ -368,11 +369,9 @@ async fn drain_lets_open_connection_finish(engine: EngineChoice, name: &str) {
         .unwrap();
     assert!(rest.is_empty());
 
-    // The probes above may have been accepted before the listener closed, so more
-    // than one connection can be open when the drain starts.
-    let report = proxy.stop().await;
-    assert!(report.open_at_shutdown >= 1, "{report:?}");
-    assert_eq!(report.cut_off, 0);
+    // The connection may finish before the drain counts what is open, so only the
+    // absence of cut-offs is checked here (stop() asserts it).
+    proxy.stop().await;
 }
 
 /// A connection still open at the drain deadline is reset and reported.
@@ -389,7 +388,7 @@ async fn drain_deadline_resets_connection(engine: EngineChoice, name: &str) {
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     round_trip(&mut client, b"open").await;
 
-    let report = proxy.stop().await;
+    let report = proxy.stop_report().await;
     assert_eq!(report.open_at_shutdown, 1);
     assert_eq!(report.cut_off, 1);
     let mut buffer = [0u8; 8];
@@ -451,6 +450,7 @@ async fn pooled_closed_connection_discarded(engine: EngineChoice, name: &str) {
     .await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     round_trip(&mut client, b"from the pool").await;
+    drop(client);
     assert_eq!(
         wait_for_metric(names::POOL_HITS_TOTAL, &[("listener", name)], 1.0).await,
         Some(1.0)
@@ -512,6 +512,7 @@ async fn proxy_protocol_v1_header(engine: EngineChoice, name: &str) {
     let mut client = client_socket.connect(proxy.addr).await.unwrap();
     round_trip(&mut client, b"after the header").await;
 
+    drop(client);
     let line = within("the header", line_rx.recv()).await.unwrap();
     let expected = format!(
         "PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {}\r\n",
@@ -539,6 +540,7 @@ async fn proxy_protocol_v2_header_on_pooled(engine: EngineChoice, name: &str) {
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let client_port = client.local_addr().unwrap().port();
     round_trip(&mut client, b"after the header").await;
+    drop(client);
 
     let header = within("the header", header_rx.recv()).await.unwrap();
     let mut expected = vec![
@@ -626,7 +628,9 @@ async fn open_fds_gauge_reported() {
     let _ = metrics_addr();
     let open = within("the fd gauge", async {
         loop {
-            if let Some(open) = value(&parse_samples(&scrape().await), names::OPEN_FDS, &[]) {
+            // The gauge exists before its first update, with value 0.
+            let open = value(&parse_samples(&scrape().await), names::OPEN_FDS, &[]);
+            if let Some(open) = open.filter(|open| *open > 0.0) {
                 return open;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

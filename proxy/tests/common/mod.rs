@@ -38,7 +38,7 @@ impl Proxy {
         Self::start_config(ProxyConfig {
             listeners: vec![listener],
             metrics_listen: None,
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
         })
         .await
     }
@@ -64,8 +64,19 @@ impl Proxy {
         self.shutdown.cancel();
     }
 
-    /// Shuts down and returns the drain report.
+    /// Shuts down, checks that no connection had to be cut off (every test closes its
+    /// clients first), and returns the drain report.
     pub async fn stop(self) -> DrainReport {
+        let report = self.stop_report().await;
+        assert_eq!(
+            report.cut_off, 0,
+            "connections were still open at the drain deadline"
+        );
+        report
+    }
+
+    /// Shuts down and returns the drain report, whatever it says.
+    pub async fn stop_report(self) -> DrainReport {
         self.shutdown.cancel();
         within("the proxy drain", self.task)
             .await
