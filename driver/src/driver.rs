@@ -1,7 +1,7 @@
 //! The driver core that the gRPC services delegate to: plugin identity, the current
 //! plugin config, capabilities and the shutdown signal.
 //!
-//! It holds no gRPC types except the generated messages it returns, so the task
+//! It uses no gRPC types except the generated messages it returns, so the task
 //! lifecycle can grow here without touching the service layer.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::proto::drivers::{
 /// Driver API version that Nomad negotiates for task drivers.
 pub const PLUGIN_API_VERSION: &str = "v0.1.0";
 
-/// Shared driver state. Cloning is cheap and every clone sees the same state.
+/// Shared driver state. Clones are cheap and share one state.
 #[derive(Debug, Clone)]
 pub struct Driver {
     config: Arc<watch::Sender<Arc<PluginConfig>>>,
@@ -54,7 +54,7 @@ impl Driver {
         self.config.borrow().clone()
     }
 
-    /// Returns a receiver that sees every config change.
+    /// Returns a receiver that is notified of every config change.
     pub fn watch_config(&self) -> watch::Receiver<Arc<PluginConfig>> {
         self.config.subscribe()
     }

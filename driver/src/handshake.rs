@@ -65,8 +65,8 @@ pub fn check_environment(lookup: impl Fn(&str) -> Option<String>) -> Result<(), 
         Some(_) => {}
     }
 
-    // An unset or empty list means the host did not say, and the host then checks the
-    // version in the handshake line itself.
+    // An unset or empty list leaves the version check to the host, which reads it from
+    // the handshake line.
     let Some(offered) = lookup(PROTOCOL_VERSIONS_KEY).filter(|list| !list.trim().is_empty()) else {
         return Ok(());
     };

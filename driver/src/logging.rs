@@ -3,7 +3,7 @@
 //! Each event becomes one JSON object on one line with `@level`, `@message`,
 //! `@timestamp` and `@module`, plus the event's fields. Nomad accepts the timestamp only
 //! in the Go layout `2006-01-02T15:04:05.000000Z07:00`, with exactly six fractional
-//! digits, and the level only as `trace`, `debug`, `info`, `warn` or `error`; any other
+//! digits, and the level only as `trace`, `debug`, `info`, `warn` or `error`. Any other
 //! form turns the line into plain text logged at debug.
 //!
 //! Write errors are ignored: after the Nomad agent exits, stderr is a broken pipe, and

@@ -29,7 +29,7 @@ use crate::proto::plugin::{
     grpc_stdio_server::GrpcStdioServer,
 };
 
-/// Service name go-plugin's health check asks for.
+/// Service name that go-plugin's health check requests.
 pub const HEALTH_SERVICE_NAME: &str = "plugin";
 
 /// Time that open calls get to finish after shutdown was requested. The host kills the

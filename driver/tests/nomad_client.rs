@@ -2,8 +2,8 @@
 //! Nomad's environment, handshake read from stdout, gRPC over the unix socket, using the
 //! harness in the `styx-tests` crate.
 //!
-//! Timeouts here only stop a hung test; they assert no speed, except the 2 s exit after
-//! Shutdown, which is the limit the Nomad client enforces with SIGKILL.
+//! Timeouts here only stop a hung test and assert no speed. The one exception is the 2 s
+//! exit after Shutdown, because the Nomad client sends SIGKILL after that long.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -701,7 +701,7 @@ async fn closed_output_pipes_do_not_stop_plugin() {
     let fake = FakeContainer::install(dir.path()).unwrap();
     let mut plugin = start_in(dir.path()).await;
 
-    // As after the Nomad agent died: nobody reads stdout or stderr any more.
+    // The Nomad agent has died, so no process reads stdout or stderr any more.
     plugin.close_output_pipes().await;
 
     // SetConfig and fingerprinting log at info, so these writes hit the broken pipe.

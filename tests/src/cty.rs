@@ -31,7 +31,7 @@ pub enum Value {
 }
 
 impl Value {
-    /// A number from its decimal text, such as `"200"` or `"0.1"`.
+    /// Creates a number from its decimal text, such as `"200"` or `"0.1"`.
     pub fn number(text: &str) -> Self {
         Self::Number(text.to_owned())
     }
@@ -494,7 +494,7 @@ impl Decimal {
 
     /// Returns the float64 equal to this number, if one exists. `digits / 10^scale` is
     /// `digits / 5^scale / 2^scale`, so it is a binary fraction only when 5^scale divides
-    /// `digits`, and float64 holds it when the quotient fits the 53-bit significand.
+    /// `digits`, and float64 represents it exactly when the quotient fits the 53-bit significand.
     fn as_exact_f64(&self) -> Option<f64> {
         let power_of_five = 5u128.checked_pow(self.scale)?;
         if !self.digits.is_multiple_of(power_of_five) {
@@ -538,7 +538,7 @@ pub mod spec {
         node(Kind::Object(hclspec::Object { attributes }))
     }
 
-    /// An `Attr` without a name, which takes its key in the enclosing object.
+    /// Builds an `Attr` without a name, so it takes its key in the enclosing object.
     pub fn attr(ty: &str, required: bool) -> Spec {
         named_attr("", ty, required)
     }

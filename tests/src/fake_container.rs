@@ -1,6 +1,6 @@
 //! A minimal fake of Apple's `container` CLI for fingerprint tests.
 //!
-//! It is a shell script that answers `container --version` like CLI 1.2.2 and
+//! It is a shell script that handles `container --version` like CLI 1.2.2 and
 //! `container system status` like a running or stopped system service, and fails
 //! every other command. Creating the marker file `<script>.stopped` makes the service
 //! read as stopped. It runs no containers; the full simulator is separate work.

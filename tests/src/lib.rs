@@ -6,7 +6,7 @@
 //!   driver's own protos.
 //! - [`cty`]: encodes HCL-like config values into the cty-msgpack bytes Nomad sends in
 //!   `SetConfig` and `StartTask`, following hcldec's rules for a given hclspec.
-//! - [`fake_container`]: a minimal stand-in for Apple's `container` CLI that answers
+//! - [`fake_container`]: a minimal stand-in for Apple's `container` CLI that handles
 //!   only the fingerprint probes. The full simulator is a separate piece of work.
 //!
 //! The harness is a library, and the tests that drive the real binary live in

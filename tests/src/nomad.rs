@@ -1,9 +1,9 @@
 //! The Nomad client's side of the plugin protocol, for tests.
 //!
-//! [`Plugin::start`] launches the plugin binary as Nomad does: with Nomad's environment
-//! (magic cookie, protocol versions), reads the first stdout line as the go-plugin
-//! handshake and checks it as go-plugin's client does, then dials the unix socket with
-//! gRPC over cleartext HTTP/2. stderr lines are collected for inspection, and later
+//! [`Plugin::start`] launches the plugin binary with Nomad's environment (magic cookie,
+//! protocol versions). It reads the first stdout line as the go-plugin handshake and
+//! checks it as go-plugin's client does. Then it dials the unix socket with gRPC over
+//! cleartext HTTP/2. stderr lines are collected for inspection, and later
 //! stdout lines are discarded.
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! float64, or as a decimal string for values such as `0.1` that float64 cannot
 //! represent exactly.
 //! [`ObjectReader`] takes attributes out of such a map one by one, checks their types,
-//! and reports any attribute that nobody took. This module knows nothing about which
+//! and reports any attribute left over. This module knows nothing about which
 //! attributes exist; the config types in the sibling modules decide that.
 
 use std::collections::BTreeMap;

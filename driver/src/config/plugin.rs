@@ -53,7 +53,7 @@ pub struct PluginConfig {
     pub recover_stopped: bool,
 }
 
-/// Where published container ports listen on the Mac.
+/// Listen address of published container ports on the Mac.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindAddress {
     /// The node's Tailscale IPv4 address, looked up when a port is published.

@@ -1,4 +1,4 @@
-//! Builders for hclspec trees, the schema format Nomad asks plugins for.
+//! Builders for hclspec trees, the schema format Nomad requests from plugins.
 //!
 //! Inside an `Object`, Nomad passes each map key down as the name of a directly nested
 //! `Attr` or `Block`, but not through a `Default`, so [`with_default`] names its `Attr`
@@ -14,7 +14,7 @@ pub(crate) fn object<'a>(attributes: impl IntoIterator<Item = (&'a str, Spec)>) 
     spec(Kind::Object(hclspec::Object { attributes }))
 }
 
-/// An optional attribute of HCL type `ty`, such as `string` or `list(string)`.
+/// Builds an optional attribute of HCL type `ty`, such as `string` or `list(string)`.
 pub(crate) fn optional(ty: &str) -> Spec {
     attr("", ty, false)
 }
@@ -23,7 +23,8 @@ pub(crate) fn required(ty: &str) -> Spec {
     attr("", ty, true)
 }
 
-/// An optional attribute `name` that takes the HCL expression `literal` when unset.
+/// Builds an optional attribute `name` that takes the HCL expression `literal` when
+/// unset.
 pub(crate) fn with_default(name: &str, ty: &str, literal: &str) -> Spec {
     spec(Kind::Default(Box::new(hclspec::Default {
         primary: Some(Box::new(attr(name, ty, false))),
@@ -33,7 +34,7 @@ pub(crate) fn with_default(name: &str, ty: &str, literal: &str) -> Spec {
     })))
 }
 
-/// At most one nested block named like its key.
+/// Builds a block that appears at most once, named like its key.
 pub(crate) fn block(nested: Spec) -> Spec {
     spec(Kind::BlockValue(Box::new(hclspec::Block {
         name: String::new(),
@@ -42,7 +43,7 @@ pub(crate) fn block(nested: Spec) -> Spec {
     })))
 }
 
-/// Any number of nested blocks named like their key.
+/// Builds a block that may repeat, named like its key.
 pub(crate) fn block_list(nested: Spec) -> Spec {
     spec(Kind::BlockList(Box::new(hclspec::BlockList {
         name: String::new(),
@@ -52,7 +53,7 @@ pub(crate) fn block_list(nested: Spec) -> Spec {
     })))
 }
 
-/// HCL source of a string literal.
+/// Quotes `text` as an HCL string literal.
 pub(crate) fn quoted(text: &str) -> String {
     format!("{text:?}")
 }

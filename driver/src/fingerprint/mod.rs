@@ -27,7 +27,7 @@ use crate::{DRIVER_NAME, DRIVER_VERSION};
 
 pub use local_network::LocalNetwork;
 
-/// Upper bound on one probe's CLI calls, whatever `command_timeout` says, so a hung CLI
+/// Upper bound on one probe's CLI calls, whatever `command_timeout` is, so a hung CLI
 /// cannot delay the first fingerprint Nomad waits for at startup.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
