@@ -28,7 +28,6 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RecordType};
-use tokio::task::JoinHandle;
 
 use crate::answer::Response;
 use crate::error::{ServerFailure, UpstreamErrorKind};
@@ -129,13 +128,8 @@ impl ServerSet {
                 return Err(SetError::AllFailed(failures));
             };
             match result {
-                Ok((_, Ok(response))) => return Ok(response),
-                Ok((addr, Err(kind))) => failures.push(ServerFailure { server: addr, kind }),
-                // The query task panicked; count it as a broken answer of an unknown server.
-                Err(_) => failures.push(ServerFailure {
-                    server: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    kind: UpstreamErrorKind::Protocol,
-                }),
+                (_, Ok(response)) => return Ok(response),
+                (server, Err(kind)) => failures.push(ServerFailure { server, kind }),
             }
 
             // A failed server hands over at once instead of after the hedge delay.
@@ -162,6 +156,8 @@ impl ServerSet {
             .collect()
     }
 
+    /// Starts a query in a task of its own, which records the server's health when the query
+    /// ends, even if the returned future has been dropped by then.
     fn spawn_query(
         &self,
         server: Arc<Server>,
@@ -169,12 +165,13 @@ impl ServerSet {
         record_type: RecordType,
         tcp_only: bool,
         metrics: &Arc<RouteMetrics>,
-    ) -> JoinHandle<(SocketAddr, Result<Response, UpstreamErrorKind>)> {
+    ) -> impl Future<Output = (SocketAddr, Result<Response, UpstreamErrorKind>)> + use<> {
+        let addr = server.addr;
         let name = name.clone();
         let timing = self.timing;
         let metrics = metrics.clone();
 
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let lookup = server.lookup(name, record_type, tcp_only);
             let result = match tokio::time::timeout(timing.server_timeout, lookup).await {
                 Ok(result) => result,
@@ -188,8 +185,14 @@ impl ServerSet {
                     server.record_failure(*kind, &timing);
                 }
             }
-            (server.addr, result)
-        })
+            result
+        });
+
+        async move {
+            // A panic in the query task counts as an invalid reply of that server.
+            let result = task.await.unwrap_or(Err(UpstreamErrorKind::Protocol));
+            (addr, result)
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -129,7 +130,11 @@ impl Dnsmasq {
         std::fs::write(&config, zone.config()).expect("write the dnsmasq configuration");
         let log = dir.path().join("queries.log");
 
+        // dnsmasq serves each TCP connection in a forked child, which outlives a killed parent
+        // and keeps answering from the old zone. A process group of its own lets `Drop` kill
+        // them all.
         let child = Command::new(dnsmasq_path())
+            .process_group(0)
             .arg("--keep-in-foreground")
             .arg(format!("--port={port}"))
             .arg("--listen-address=127.0.0.1")
@@ -157,6 +162,13 @@ impl Dnsmasq {
     pub fn restart(self, zone: &Zone) -> Self {
         let port = self.addr.port();
         drop(self);
+
+        // The killed TCP children close the listening socket they inherited only when the
+        // kernel has torn them down; until then the new instance could not bind the port.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpListener::bind(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Self::start_on(port, zone)
     }
 
@@ -212,6 +224,13 @@ impl Dnsmasq {
 
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
+        // The group id is the child's pid (`process_group(0)`); `kill -KILL -- -PGID` signals
+        // the group, which holds only this dnsmasq and its TCP children.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

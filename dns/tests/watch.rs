@@ -1,0 +1,146 @@
+//! The address watcher against dnsmasq: it follows a name whose address set changes when
+//! the zone changes (dnsmasq is restarted with a new zone on the same port).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use styx_dns::watch::AddressSet;
+use styx_dns::{AddressWatch, ResolverConfig, RouteConfig, Servers, SplitResolver, UpstreamName};
+use support::{Dnsmasq, Zone, trace_init};
+
+/// Generous bound that only stops a hung test; the watcher re-resolves every 200 ms here.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn resolver(server: SocketAddr) -> SplitResolver {
+    SplitResolver::new(ResolverConfig {
+        routes: vec![RouteConfig::new(
+            "consul".parse().unwrap(),
+            Servers::Static(vec![server]),
+        )],
+        ttl_floor: Duration::from_millis(200),
+        ..ResolverConfig::default()
+    })
+    .unwrap()
+}
+
+fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = list.iter().map(|a| a.parse().unwrap()).collect();
+    addrs.sort();
+    addrs
+}
+
+async fn wait_for(
+    watch: &AddressWatch,
+    what: &str,
+    condition: impl Fn(&AddressSet) -> bool,
+) -> AddressSet {
+    let mut receiver = watch.subscribe();
+    let waited = tokio::time::timeout(WAIT, receiver.wait_for(|set| condition(set))).await;
+    match waited {
+        Ok(Ok(set)) => (**set).clone(),
+        _ => panic!(
+            "address set never became {what}; last: {:?}",
+            watch.current()
+        ),
+    }
+}
+
+#[tokio::test]
+async fn host_watch_drops_removed_address() {
+    trace_init();
+    let server = Dnsmasq::start(&Zone::consul());
+    let name: UpstreamName = "web.service.consul:80".parse().unwrap();
+    let watch = AddressWatch::spawn(resolver(server.addr), name);
+
+    let first = tokio::time::timeout(WAIT, watch.ready()).await.unwrap();
+    assert_eq!(first.addrs, addrs(&["10.0.0.1:80", "10.0.0.2:80"]));
+    assert_eq!(first.error, None);
+
+    let picks: Vec<_> = (0..4).map(|_| watch.next_addr().unwrap()).collect();
+    assert_eq!(picks[0], picks[2], "round robin over two addresses");
+    assert_ne!(picks[0], picks[1], "round robin over two addresses");
+
+    let zone = Zone::new()
+        .host("web.service.consul", "10.0.0.1")
+        .local("consul");
+    let _server = server.restart(&zone);
+    let changed = wait_for(&watch, "one address", |set| set.addrs.len() == 1).await;
+    assert_eq!(changed.addrs, addrs(&["10.0.0.1:80"]));
+
+    for _ in 0..4 {
+        assert_eq!(
+            watch.next_addr(),
+            Some("10.0.0.1:80".parse().unwrap()),
+            "the removed address is never picked"
+        );
+    }
+}
+
+#[tokio::test]
+async fn srv_watch_follows_ports() {
+    trace_init();
+    let server = Dnsmasq::start(&Zone::consul());
+    let watch = AddressWatch::spawn(
+        resolver(server.addr),
+        "srv:web.service.consul".parse().unwrap(),
+    );
+
+    let first = tokio::time::timeout(WAIT, watch.ready()).await.unwrap();
+    assert_eq!(
+        first.addrs,
+        addrs(&["10.0.1.1:8080", "[fd00::1]:8080", "10.0.1.2:8081"])
+    );
+
+    let zone = Zone::new()
+        .host("node2.node.consul", "10.0.1.2")
+        .srv("web.service.consul", "node2.node.consul", 8081)
+        .local("consul");
+    let _server = server.restart(&zone);
+    let changed = wait_for(&watch, "node2 only", |set| set.addrs.len() == 1).await;
+    assert_eq!(changed.addrs, addrs(&["10.0.1.2:8081"]));
+}
+
+#[tokio::test]
+async fn watch_keeps_addresses_while_unreachable() {
+    trace_init();
+    let server = Dnsmasq::start(&Zone::consul());
+    let watch = AddressWatch::spawn(
+        resolver(server.addr),
+        "web.service.consul:80".parse().unwrap(),
+    );
+    tokio::time::timeout(WAIT, watch.ready()).await.unwrap();
+
+    drop(server);
+    let set = wait_for(&watch, "failed", |set| set.error.is_some()).await;
+    assert_eq!(
+        set.addrs,
+        addrs(&["10.0.0.1:80", "10.0.0.2:80"]),
+        "addresses outlive an outage"
+    );
+    let message = set.error.unwrap().to_string();
+    assert!(
+        message.starts_with("failed to resolve web.service.consul"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn watch_empties_on_nxdomain() {
+    trace_init();
+    let server = Dnsmasq::start(&Zone::consul());
+    let watch = AddressWatch::spawn(
+        resolver(server.addr),
+        "web.service.consul:80".parse().unwrap(),
+    );
+    tokio::time::timeout(WAIT, watch.ready()).await.unwrap();
+
+    let _server = server.restart(&Zone::new().local("consul"));
+    let set = wait_for(&watch, "empty", |set| set.addrs.is_empty()).await;
+    assert_eq!(
+        set.error.unwrap().to_string(),
+        "web.service.consul does not exist (NXDOMAIN)"
+    );
+    assert_eq!(watch.next_addr(), None);
+}
