@@ -108,7 +108,8 @@ start_haproxy() {
     # Splice is forced in both directions, as the fastest HAProxy TCP setup on Linux.
     cat >"$work_dir/haproxy.cfg" <<EOF
 global
-    maxconn 20000
+    # Above the 2,000 connections of idle-kib; each takes two descriptors.
+    maxconn 5000
 
 defaults
     mode tcp
@@ -137,7 +138,7 @@ start_nginx() {
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
 worker_processes auto;
-worker_rlimit_nofile 20000;
+worker_rlimit_nofile 12000;
 pid ${work_dir}/nginx.pid;
 error_log ${work_dir}/nginx-error.log;
 
