@@ -41,7 +41,7 @@ pub enum Command {
     /// Join the cluster of an invite token as a client node.
     Join(JoinArgs),
     /// Load this node's launchd agents and wait until each service is healthy.
-    Start,
+    Start(StartArgs),
     /// Show this node's services and the cluster through the Nomad and Consul APIs.
     Status(StatusArgs),
     /// Check every prerequisite and known macOS hazard, with the command that fixes each.
@@ -79,6 +79,17 @@ pub struct SetupFlags {
     /// Write every file but start nothing (no launchctl, no Vault initialisation).
     #[arg(long)]
     pub no_start: bool,
+
+    /// Maximum wait for each service to become healthy, such as `90s` or `3m`.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub health_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Maximum wait for each service to become healthy, such as `90s` or `3m`.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub health_timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -29,7 +29,8 @@ fn render(body: &Body) -> String {
     format!("# Written by styx; `styx init --force` or `styx join --force` rewrites it.\n{text}")
 }
 
-/// The Nomad agent config: server and client on the server node, client elsewhere.
+/// Renders the Nomad agent config: server and client on the server node, client
+/// elsewhere.
 pub fn nomad(state: &NodeState, layout: &Layout, keys: &GossipKeys) -> String {
     let ip = state.tailscale_ip.to_string();
     let cert = state.cert_name("nomad");
@@ -67,9 +68,10 @@ pub fn nomad(state: &NodeState, layout: &Layout, keys: &GossipKeys) -> String {
     }
 
     let servers: Vec<String> = vec![format!("{}:{}", state.server_ip, ports::NOMAD_RPC)];
-    // NOTE: Nomad fingerprints the interface named here for port allocation. The
-    // go-sockaddr template picks the interface that carries the Tailscale address, whose
-    // utun number changes between Macs; it has not been run against a real Nomad agent.
+    // Nomad fingerprints the interface named here for port allocation. The go-sockaddr
+    // template picks the interface that carries the Tailscale address, because its utun
+    // number changes between Macs.
+    // NOTE: this template has not been run against a real Nomad agent.
     let interface =
         format!("{{{{ GetAllInterfaces | include \"address\" \"^{ip}$\" | attr \"name\" }}}}");
     body = body.add_block(
@@ -147,8 +149,8 @@ fn driver_plugin_block(state: &NodeState) -> Block {
         .build()
 }
 
-/// The Consul agent config: a single-server cluster on the server node, a client that
-/// joins the server over Tailscale elsewhere.
+/// Renders the Consul agent config: a single-server cluster on the server node, a
+/// client that joins the server over Tailscale elsewhere.
 pub fn consul(state: &NodeState, layout: &Layout, keys: &GossipKeys) -> String {
     let ip = state.tailscale_ip.to_string();
     let cert = state.cert_name("consul");
@@ -211,8 +213,8 @@ pub fn consul(state: &NodeState, layout: &Layout, keys: &GossipKeys) -> String {
         )
         .add_block(
             Block::builder("dns_config")
-                // Consul trims long UDP answers without the TC bit unless this is set, so
-                // clients would silently see only some instances.
+                // Consul trims long UDP responses without the TC bit unless this is set, so
+                // clients would silently get only some instances.
                 .add_attribute(("enable_truncate", true))
                 .add_attribute(("only_passing", true))
                 .build(),
@@ -227,8 +229,8 @@ pub fn consul(state: &NodeState, layout: &Layout, keys: &GossipKeys) -> String {
     render(&body)
 }
 
-/// The Vault server config (server node only): integrated raft storage, a TLS listener
-/// on loopback and one on the Tailscale address.
+/// Renders the Vault server config (server node only): integrated raft storage, a TLS
+/// listener on loopback and one on the Tailscale address.
 pub fn vault(state: &NodeState, layout: &Layout) -> String {
     let ip = state.tailscale_ip;
     let cert = state.cert_name("vault");

@@ -30,5 +30,5 @@ pub const DEFAULT_PRECONNECT: i64 = 0;
 /// Port of the driver's metrics endpoint, bound on the Tailscale address.
 pub const DEFAULT_METRICS_PORT: u16 = 9464;
 pub const DEFAULT_STATS_INTERVAL: &str = "5s";
-/// Where Apple's signed installer puts the `container` CLI.
+/// Install path of the `container` CLI from Apple's signed installer.
 pub const DEFAULT_CONTAINER_PATH: &str = "/usr/local/bin/container";

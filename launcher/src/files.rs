@@ -1,9 +1,10 @@
 //! Atomic file writes with modes set at creation, private directories, and the backup
 //! names used by `--force`.
 //!
-//! A file is written to a temporary file in its target directory (created with
-//! `O_EXCL` and the final mode), synced, renamed over the target, and the directory is
-//! synced, so a reader sees either the old or the new content, never a partial file.
+//! A file is written to a temporary file in its target directory, created with `O_EXCL`
+//! and the final mode. The temporary file is synced and renamed over the target, then the
+//! directory is synced. A reader sees either the old or the new content, never a partial
+//! file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -57,7 +57,7 @@ pub async fn run(args: &InitArgs, layout: &Layout) -> anyhow::Result<()> {
         staging.discard();
         return Err(error.into());
     }
-    setup::commit_and_start(staging, &state, layout, args.setup.no_start).await?;
+    setup::commit_and_start(staging, &state, layout, &args.setup).await?;
 
     print_next_steps(&state, layout, args.setup.no_start);
     Ok(())

@@ -3,7 +3,7 @@
 //! Every file of a new setup is first written into a staging directory next to the data
 //! root. Only when all of them exist does the commit step move an existing setup aside
 //! (with `--force`), rename the staging directory to the data root, and write the launchd
-//! plists. A failure before the rename removes the staging directory; a failure after it
+//! plists. A failure before the rename removes the staging directory. A failure after it
 //! undoes the rename and restores the backup, or reports exactly which paths remain.
 
 use std::path::{Path, PathBuf};
@@ -223,4 +223,83 @@ fn write_plists(layout: &Layout, state: &NodeState) -> Result<(), FileError> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a layout whose agents directory is a regular file, so writing the plists
+    /// fails after the rename.
+    fn layout_with_broken_agents_dir(dir: &Path) -> Layout {
+        let agents = dir.join("agents-is-a-file");
+        std::fs::write(&agents, b"").unwrap();
+        Layout {
+            root: dir.join("styx"),
+            launch_agents: agents,
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn failed_plists_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = layout_with_broken_agents_dir(dir.path());
+        let staging = Staging::create(&layout).unwrap();
+        staging
+            .write(&layout.state_file(), b"new", files::MODE_SECRET)
+            .unwrap();
+
+        let error = staging.commit(&NodeState::example_server()).unwrap_err();
+
+        assert!(error.to_string().contains("nothing was changed"), "{error}");
+        assert_eq!(entries(dir.path()), ["agents-is-a-file"]);
+    }
+
+    #[test]
+    fn failed_plists_restore_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = layout_with_broken_agents_dir(dir.path());
+        files::create_private_dir(&layout.root).unwrap();
+        std::fs::write(layout.state_file(), b"old").unwrap();
+        let staging = Staging::create(&layout).unwrap();
+        staging
+            .write(&layout.state_file(), b"new", files::MODE_SECRET)
+            .unwrap();
+
+        let error = staging.commit(&NodeState::example_server()).unwrap_err();
+
+        assert!(
+            error
+                .to_string()
+                .contains("the previous setup was restored"),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(layout.state_file()).unwrap(), b"old");
+        assert_eq!(entries(dir.path()), ["agents-is-a-file", "styx"]);
+    }
+
+    #[test]
+    fn existing_setup_needs_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: dir.path().join("styx"),
+            launch_agents: dir.path().join("agents"),
+        };
+        files::create_private_dir(&layout.launch_agents).unwrap();
+        std::fs::write(layout.plist("dev.styx.nomad"), b"").unwrap();
+
+        let error = check_existing(&layout, false).unwrap_err();
+
+        assert!(error.to_string().contains("pass --force"), "{error}");
+        assert!(check_existing(&layout, true).unwrap());
+    }
 }

@@ -305,26 +305,6 @@ async fn serve_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn server_node() -> NodeState {
-        NodeState {
-            role: Role::Server,
-            node_name: "mac-one".into(),
-            region: "global".into(),
-            datacenter: "dc1".into(),
-            tailscale_ip: "100.64.0.1".parse().unwrap(),
-            tailscale_dns_name: "mac-one.tail1234.ts.net".into(),
-            server_ip: "100.64.0.1".parse().unwrap(),
-            container_path: PathBuf::from("/usr/local/bin/container"),
-            binaries: crate::state::Binaries {
-                nomad: "/opt/homebrew/bin/nomad".into(),
-                consul: "/opt/homebrew/bin/consul".into(),
-                vault: None,
-            },
-            styx_version: "0".into(),
-        }
-    }
 
     fn request(secret: &str) -> JoinRequest {
         let (csr_pem, _key) = pki::create_request("joiner").unwrap();
@@ -341,7 +321,7 @@ mod tests {
         let authority = Authority::generate("global").unwrap();
         Invite::new(
             authority,
-            server_node(),
+            NodeState::example_server(),
             "key".into(),
             uses,
             SystemTime::now() + ttl,

@@ -117,7 +117,7 @@ pub async fn run(args: &JoinArgs, layout: &Layout) -> anyhow::Result<()> {
         staging.discard();
         return Err(error.into());
     }
-    setup::commit_and_start(staging, &state, layout, args.setup.no_start).await?;
+    setup::commit_and_start(staging, &state, layout, &args.setup).await?;
 
     if !args.setup.no_start {
         println!("node {} is registered with the cluster", state.node_name);

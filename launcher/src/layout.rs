@@ -1,4 +1,4 @@
-//! Where a node's files live.
+//! File locations of a node.
 //!
 //! Default: data under `~/Library/Application Support/Styx` and launchd agents in
 //! `~/Library/LaunchAgents`. With `--prefix DIR`, the data lives in `DIR` and the agents
@@ -17,9 +17,9 @@ pub struct LayoutError;
 /// Paths of one node's data root and its launchd agents directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
-    /// Directory that holds configs, certificates, secrets, data and logs.
+    /// Directory that contains configs, certificates, secrets, data and logs.
     pub root: PathBuf,
-    /// Directory that holds the launchd agent plists.
+    /// Directory that contains the launchd agent plists.
     pub launch_agents: PathBuf,
 }
 

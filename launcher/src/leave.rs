@@ -121,9 +121,9 @@ async fn report(step: &str, invocation: Invocation) {
 }
 
 /// Runs `styx start`: loads the agents of an existing setup and waits for them.
-pub async fn start(layout: &Layout) -> anyhow::Result<()> {
+pub async fn start(layout: &Layout, health_timeout: std::time::Duration) -> anyhow::Result<()> {
     let state = NodeState::load(layout)?;
-    crate::services::start_all(&state, layout).await?;
+    crate::services::start_all(&state, layout, health_timeout).await?;
     println!("all services are healthy");
     Ok(())
 }

@@ -13,8 +13,8 @@
 //!   the HTTPS API client, and starting services in order.
 //! - `files`, `layout`, `state`: atomic writes, where files live, `styx.toml`.
 //!
-//! This crate does not run Nomad, Consul or Vault itself: launchd does, and `styx` only
-//! writes their configs and asks their HTTP APIs.
+//! This crate does not run Nomad, Consul or Vault itself. launchd runs them, and `styx`
+//! writes their configs and queries their HTTP APIs.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -60,7 +60,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init::run(args, &layout).await.map(|()| true)?,
         Command::Invite(args) => invite::run(args, &layout).await.map(|()| true)?,
         Command::Join(args) => join::run(args, &layout).await.map(|()| true)?,
-        Command::Start => leave::start(&layout).await.map(|()| true)?,
+        Command::Start(args) => leave::start(&layout, args.health_timeout)
+            .await
+            .map(|()| true)?,
         Command::Status(args) => status::run(args.json, &layout).await?,
         Command::Doctor(args) => doctor::run(args.json, &layout, &cli.system_root).await?,
         Command::Leave(args) => leave::run(&layout, true, args.purge).await.map(|()| true)?,

@@ -15,8 +15,6 @@ use crate::layout::Layout;
 use crate::state::{Endpoints, NodeState, Role, ports};
 use crate::tls::{self, TlsError};
 
-/// Maximum wait for one service to become healthy.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(90);
 /// Timeout of one health request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -40,8 +38,12 @@ pub enum StartError {
         #[source]
         source: LaunchdError,
     },
-    #[error("{service} did not become healthy within {} s: {last_error}", HEALTH_TIMEOUT.as_secs())]
-    Unhealthy { service: String, last_error: String },
+    #[error("{service} did not become healthy within {} s: {last_error}", timeout.as_secs())]
+    Unhealthy {
+        service: String,
+        timeout: Duration,
+        last_error: String,
+    },
     #[error("failed to initialise Vault")]
     VaultInit(#[source] HttpError),
     #[error(transparent)]
@@ -96,7 +98,11 @@ impl ApiClients {
 ///
 /// Progress lines go to stdout. On error, the services before the failing one are
 /// running and the ones after it were not started.
-pub async fn start_all(state: &NodeState, layout: &Layout) -> Result<(), StartError> {
+pub async fn start_all(
+    state: &NodeState,
+    layout: &Layout,
+    health_timeout: Duration,
+) -> Result<(), StartError> {
     let clients = ApiClients::new(state, layout, REQUEST_TIMEOUT)?;
 
     for service in state.services() {
@@ -116,24 +122,35 @@ pub async fn start_all(state: &NodeState, layout: &Layout) -> Result<(), StartEr
         println!("started {service}, waiting until it is healthy");
 
         match *service {
-            "consul" => wait_until(service, || consul_healthy(&clients.consul)).await?,
+            "consul" => {
+                wait_until(service, health_timeout, || consul_healthy(&clients.consul)).await?
+            }
             "vault" => {
-                wait_until(service, || vault_answers(&clients.vault)).await?;
+                wait_until(service, health_timeout, || vault_answers(&clients.vault)).await?;
                 initialise_vault(&clients.vault, layout).await?;
             }
-            _ => wait_until(service, || nomad_healthy(&clients.nomad, state)).await?,
+            _ => {
+                wait_until(service, health_timeout, || {
+                    nomad_healthy(&clients.nomad, state)
+                })
+                .await?
+            }
         }
         println!("{service} is healthy");
     }
     Ok(())
 }
 
-async fn wait_until<F, Fut>(service: &str, mut probe: F) -> Result<(), StartError>
+async fn wait_until<F, Fut>(
+    service: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> Result<(), StartError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let last_error = match probe().await {
             Ok(()) => return Ok(()),
@@ -142,6 +159,7 @@ where
         if tokio::time::Instant::now() >= deadline {
             return Err(StartError::Unhealthy {
                 service: service.to_owned(),
+                timeout,
                 last_error,
             });
         }

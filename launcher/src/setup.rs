@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::cli::SetupFlags;
 use crate::configs::{self, GossipKeys};
 use crate::driver_options;
 use crate::files::{self, FileError};
@@ -123,8 +124,9 @@ pub async fn commit_and_start(
     staging: Staging,
     state: &NodeState,
     layout: &Layout,
-    no_start: bool,
+    flags: &SetupFlags,
 ) -> Result<(), SetupError> {
+    let no_start = flags.no_start;
     if !no_start {
         // The old agents still run from the files about to be moved aside.
         for service in ["nomad", "vault", "consul"] {
@@ -152,7 +154,7 @@ pub async fn commit_and_start(
         println!("--no-start: nothing was started; run `styx start` to start the services");
         return Ok(());
     }
-    services::start_all(state, layout)
+    services::start_all(state, layout, flags.health_timeout)
         .await
         .map_err(|source| SetupError::Start {
             root: layout.root.clone(),

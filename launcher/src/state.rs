@@ -222,6 +222,29 @@ pub fn node_name_from_host(host: &str) -> String {
 }
 
 #[cfg(test)]
+impl NodeState {
+    /// A server node for unit tests.
+    pub fn example_server() -> Self {
+        Self {
+            role: Role::Server,
+            node_name: "mac-one".into(),
+            region: "global".into(),
+            datacenter: "dc1".into(),
+            tailscale_ip: "100.64.0.1".parse().unwrap(),
+            tailscale_dns_name: "mac-one.tail1234.ts.net".into(),
+            server_ip: "100.64.0.1".parse().unwrap(),
+            container_path: PathBuf::from("/usr/local/bin/container"),
+            binaries: Binaries {
+                nomad: "/opt/homebrew/bin/nomad".into(),
+                consul: "/opt/homebrew/bin/consul".into(),
+                vault: Some("/opt/homebrew/bin/vault".into()),
+            },
+            styx_version: "0".into(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Prefix and version of the token format.
 pub const TOKEN_PREFIX: &str = "styx1.";
-/// Largest message accepted in either direction, in bytes.
+/// Maximum message size accepted in either direction, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// An invite token's content.

@@ -5,77 +5,8 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
 
-use common::{Fakes, run, stdout};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Starts an HTTPS server on 127.0.0.1 that serves `routes` (path, JSON body) with the
-/// certificate `name` of `prefix`, and returns its base URL. Paths listed in `chunked` are
-/// sent with chunked transfer encoding.
-fn fake_api(
-    prefix: &Path,
-    name: &str,
-    routes: Vec<(&'static str, String)>,
-    chunked: &'static [&'static str],
-) -> String {
-    let chain = fs::read_to_string(prefix.join(format!("tls/{name}.pem"))).unwrap();
-    let key = fs::read_to_string(prefix.join(format!("tls/{name}-key.pem"))).unwrap();
-    let config = styx_launcher::tls::server_config(&chain, &key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let address = listener.local_addr().unwrap();
-
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let Ok(mut tls) = acceptor.accept(stream).await else {
-                    continue;
-                };
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let body = routes
-                    .iter()
-                    .find(|(route, _)| *route == path)
-                    .map(|(_, body)| body.clone());
-                let response = match body {
-                    Some(body) if chunked.contains(&path.as_str()) => {
-                        let (first, second) = body.split_at(body.len() / 2);
-                        format!(
-                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
-                            first.len(),
-                            second.len()
-                        )
-                    }
-                    Some(body) => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
-                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
-                };
-                let _ = tls.write_all(response.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            }
-        });
-    });
-    format!("https://{address}")
-}
-
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    drop(listener);
-    format!("https://{address}")
-}
+use common::{Fakes, closed_port_url, fake_api, run, set_endpoints, stdout};
 
 fn init(fakes: &Fakes, prefix: &Path) {
     let output = run(fakes.styx(prefix).args(["init", "--no-start"]));
@@ -95,41 +26,38 @@ fn status_reports_cluster_and_down_items() {
     let prefix = home.path().join("styx");
     init(&fakes, &prefix);
 
-    let nomad = fake_api(
+    let (nomad, _) = fake_api(
         &prefix,
         "nomad",
         vec![
-            ("/v1/status/leader", "\"100.101.102.103:4647\"".to_owned()),
-            ("/v1/agent/members", r#"{"Members":[{"Name":"mac-one.global","Status":"alive"}]}"#.to_owned()),
+            ("GET /v1/status/leader", "\"100.101.102.103:4647\"".to_owned()),
+            ("GET /v1/agent/members", r#"{"Members":[{"Name":"mac-one.global","Status":"alive"}]}"#.to_owned()),
             (
-                "/v1/nodes",
+                "GET /v1/nodes",
                 r#"[{"Name":"mac-one","Status":"ready","Drivers":{"apple-container":{"Detected":true,"Healthy":true}}},
                    {"Name":"mac-two","Status":"down","Drivers":{}},
                    {"Name":"mac-three","Status":"ready","Drivers":{"apple-container":{"Healthy":false,"HealthDescription":"container system service is not running"}}}]"#
                     .to_owned(),
             ),
         ],
-        &["/v1/nodes"],
+        &["GET /v1/nodes"],
     );
-    let consul = fake_api(
+    let (consul, _) = fake_api(
         &prefix,
         "consul",
         vec![
-            ("/v1/status/leader", "\"100.101.102.103:8300\"".to_owned()),
             (
-                "/v1/agent/members",
+                "GET /v1/status/leader",
+                "\"100.101.102.103:8300\"".to_owned(),
+            ),
+            (
+                "GET /v1/agent/members",
                 r#"[{"Name":"mac-one","Status":1},{"Name":"mac-two","Status":4}]"#.to_owned(),
             ),
         ],
         &[],
     );
-    let state = prefix.join("styx.toml");
-    let mut text = fs::read_to_string(&state).unwrap();
-    text.push_str(&format!(
-        "\n[endpoints]\nnomad = \"{nomad}\"\nconsul = \"{consul}\"\nvault = \"{}\"\n",
-        closed_port_url()
-    ));
-    fs::write(&state, text).unwrap();
+    set_endpoints(&prefix, &nomad, &consul, &closed_port_url());
 
     let output = run(fakes.styx(&prefix).args(["status", "--json"]));
 
