@@ -4,12 +4,13 @@
 //! It uses no gRPC types except the generated messages it returns, so the task
 //! lifecycle can grow here without touching the service layer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DecodeError, PluginConfig, TaskConfig};
+use crate::node::NodeInfo;
 use crate::proto::drivers::{
     DriverCapabilities,
     driver_capabilities::{FsIsolation, MountConfigs},
@@ -23,6 +24,7 @@ pub const PLUGIN_API_VERSION: &str = "v0.1.0";
 #[derive(Debug, Clone)]
 pub struct Driver {
     config: Arc<watch::Sender<Arc<PluginConfig>>>,
+    node: Arc<Mutex<Option<NodeInfo>>>,
     shutdown: CancellationToken,
 }
 
@@ -33,6 +35,7 @@ impl Driver {
         let (config, _) = watch::channel(Arc::new(PluginConfig::default()));
         Self {
             config: Arc::new(config),
+            node: Arc::default(),
             shutdown,
         }
     }
@@ -48,6 +51,18 @@ impl Driver {
         );
         self.config.send_replace(Arc::new(config));
         Ok(())
+    }
+
+    /// Records what the Nomad client reported about the node. Calls without it, as in
+    /// Nomad's config validation pass, keep the previous value.
+    pub fn set_node_info(&self, node: NodeInfo) {
+        tracing::debug!(client_ports = ?node.client_ports, compute = ?node.compute, "node info received");
+        *self.node.lock().expect("node info lock") = Some(node);
+    }
+
+    /// Returns the last node info from Nomad, if any arrived.
+    pub fn node_info(&self) -> Option<NodeInfo> {
+        self.node.lock().expect("node info lock").clone()
     }
 
     pub fn config(&self) -> Arc<PluginConfig> {

@@ -16,6 +16,7 @@
 //! - [`fingerprint`]: health probes and the fingerprint stream.
 //! - [`container`]: the adapter for Apple's `container` CLI.
 //! - [`logging`]: hclog JSON lines on stderr.
+//! - [`node`]: what the Nomad client reports about its node.
 //! - [`proto`]: generated protobuf types and gRPC stubs (server and client).
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod fingerprint;
 pub mod grpc;
 pub mod handshake;
 pub mod logging;
+pub mod node;
 pub mod proto;
 pub mod server;
 

@@ -16,8 +16,9 @@ use styx_driver::proto::base::{
     SetConfigRequest,
 };
 use styx_driver::proto::drivers::{
-    CapabilitiesRequest, FingerprintRequest, FingerprintResponse, StartTaskRequest, TaskConfig,
-    TaskConfigSchemaRequest, TaskEventsRequest, WaitTaskRequest, fingerprint_response::HealthState,
+    CapabilitiesRequest, FingerprintRequest, FingerprintResponse, ShutdownRequest,
+    StartTaskRequest, TaskConfig, TaskConfigSchemaRequest, TaskEventsRequest, WaitTaskRequest,
+    fingerprint_response::HealthState,
 };
 use styx_driver::proto::hclspec::Spec;
 use styx_driver::proto::plugin::Empty;
@@ -575,6 +576,64 @@ async fn fingerprint_without_cli_is_undetected() {
 }
 
 #[tokio::test]
+async fn fingerprint_follows_config_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeContainer::install(dir.path()).unwrap();
+    let plugin = start_in(dir.path()).await;
+    let missing = Value::object([(
+        "container_path",
+        Value::string("/nonexistent/bin/container"),
+    )]);
+    let bytes = plugin_config_bytes(&plugin, &missing).await;
+    set_config(&plugin, bytes).await.unwrap();
+
+    let mut stream = plugin
+        .driver()
+        .fingerprint(FingerprintRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_fingerprint(&mut stream).await.health,
+        HealthState::Undetected as i32
+    );
+
+    // The default probe interval is 30 s, so only the config change can explain a new
+    // fingerprint within the hang timeout.
+    let found = Value::object([(
+        "container_path",
+        Value::string(fake.path().to_str().unwrap()),
+    )]);
+    let bytes = plugin_config_bytes(&plugin, &found).await;
+    set_config(&plugin, bytes).await.unwrap();
+    assert_eq!(
+        next_fingerprint(&mut stream).await.health,
+        HealthState::Healthy as i32
+    );
+}
+
+#[tokio::test]
+async fn driver_shutdown_keeps_plugin_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plugin = start_in(dir.path()).await;
+
+    plugin
+        .driver()
+        .shutdown(ShutdownRequest {})
+        .await
+        .expect("Shutdown succeeds");
+    let info = plugin.base().plugin_info(PluginInfoRequest {}).await;
+    assert!(
+        info.is_ok(),
+        "plugin stopped serving after Driver.Shutdown: {info:?}"
+    );
+    assert!(
+        plugin.try_exit_status().unwrap().is_none(),
+        "plugin exited on Driver.Shutdown"
+    );
+}
+
+#[tokio::test]
 async fn task_events_stream_stays_open() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = start_in(dir.path()).await;
@@ -661,6 +720,11 @@ async fn stderr_lines_are_hclog_json() {
         })
         .collect();
 
+    assert_eq!(
+        plugin.stdout_lines_after_handshake(),
+        Vec::<String>::new(),
+        "stdout carries only the handshake"
+    );
     for expected in [
         "plugin listening",
         "plugin config applied",

@@ -3,8 +3,8 @@
 //! [`Plugin::start`] launches the plugin binary with Nomad's environment (magic cookie,
 //! protocol versions). It reads the first stdout line as the go-plugin handshake and
 //! checks it as go-plugin's client does. Then it dials the unix socket with gRPC over
-//! cleartext HTTP/2. stderr lines are collected for inspection, and later
-//! stdout lines are discarded.
+//! cleartext HTTP/2. The stderr lines, and any stdout lines after the handshake, are
+//! collected for inspection. go-plugin's client discards such stdout lines.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::process::{Child, ChildStdout, Command};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic_health::pb::health_client::HealthClient;
 
@@ -147,6 +147,7 @@ pub struct Plugin {
     pub handshake: Handshake,
     pub channel: Channel,
     stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
     stdout_reader: Option<tokio::task::JoinHandle<()>>,
     stderr_reader: Option<tokio::task::JoinHandle<()>>,
 }
@@ -161,11 +162,16 @@ impl Plugin {
         let stderr_pipe = child.stderr.take().context("stderr is piped")?;
 
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stderr_reader = tokio::spawn(collect_lines(stderr_pipe, stderr.clone()));
+        let stderr_reader =
+            tokio::spawn(collect_lines(BufReader::new(stderr_pipe), stderr.clone()));
 
-        let (line, stdout_reader) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_handshake(stdout))
-            .await
-            .context("timed out waiting for the handshake line")??;
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let (line, stdout_reader) = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            read_handshake(stdout, stdout_lines.clone()),
+        )
+        .await
+        .context("timed out waiting for the handshake line")??;
         let handshake = parse_handshake(&line)?;
         ensure!(
             handshake.network == "unix",
@@ -179,6 +185,7 @@ impl Plugin {
             handshake,
             channel,
             stderr,
+            stdout: stdout_lines,
             stdout_reader: Some(stdout_reader),
             stderr_reader: Some(stderr_reader),
         })
@@ -210,7 +217,12 @@ impl Plugin {
 
     /// Returns the stderr lines read so far.
     pub fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().expect("stderr lock").clone()
+        self.stderr.lock().expect("output lock").clone()
+    }
+
+    /// Returns the stdout lines after the handshake line read so far.
+    pub fn stdout_lines_after_handshake(&self) -> Vec<String> {
+        self.stdout.lock().expect("output lock").clone()
     }
 
     /// Stops reading stdout and stderr and closes both pipes, as happens when the Nomad
@@ -249,29 +261,25 @@ impl Plugin {
     }
 }
 
-/// Reads the first stdout line, then keeps reading and discarding the rest in the
-/// background, as go-plugin's client does.
+/// Reads the first stdout line, then keeps reading the rest into `rest` in the
+/// background, so the plugin never blocks on a full pipe.
 async fn read_handshake(
     stdout: ChildStdout,
+    rest: Arc<Mutex<Vec<String>>>,
 ) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let mut reader = BufReader::new(stdout);
     let mut line = String::new();
     let read = reader.read_line(&mut line).await?;
     ensure!(read > 0, "plugin exited before we could connect");
 
-    let discard = tokio::spawn(async move {
-        let mut ignored = String::new();
-        while matches!(reader.read_line(&mut ignored).await, Ok(read) if read > 0) {
-            ignored.clear();
-        }
-    });
-    Ok((line, discard))
+    let collector = tokio::spawn(collect_lines(reader, rest));
+    Ok((line, collector))
 }
 
-async fn collect_lines(pipe: ChildStderr, lines: Arc<Mutex<Vec<String>>>) {
-    let mut reader = BufReader::new(pipe).lines();
+async fn collect_lines(pipe: impl AsyncBufRead + Unpin, lines: Arc<Mutex<Vec<String>>>) {
+    let mut reader = pipe.lines();
     while let Ok(Some(line)) = reader.next_line().await {
-        lines.lock().expect("stderr lock").push(line);
+        lines.lock().expect("output lock").push(line);
     }
 }
 

@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::PluginConfig;
 use crate::driver::{Driver, PLUGIN_API_VERSION};
+use crate::node::NodeInfo;
 use crate::proto::base::{
     ConfigSchemaRequest, ConfigSchemaResponse, PluginInfoRequest, PluginInfoResponse, PluginType,
     SetConfigRequest, SetConfigResponse, base_plugin_server::BasePlugin,
@@ -59,6 +60,10 @@ impl BasePlugin for BasePluginService {
         }
 
         // Rejecting the config makes the Nomad agent fail to start, with this message.
+        if let Some(nomad_config) = &request.nomad_config {
+            self.driver
+                .set_node_info(NodeInfo::from_proto(nomad_config));
+        }
         self.driver
             .set_config(&request.msgpack_config)
             .map_err(|error| {
