@@ -20,18 +20,8 @@ fn start_loads_agents_and_initialises_vault() {
             .status
             .success()
     );
-    let (consul, _) = fake_api(
+    let vault_requests = fake_cluster(
         &prefix,
-        "consul",
-        vec![(
-            "GET /v1/status/leader",
-            "\"100.101.102.103:8300\"".to_owned(),
-        )],
-        &[],
-    );
-    let (vault, vault_requests) = fake_api(
-        &prefix,
-        "vault",
         vec![
             (
                 "GET /v1/sys/health",
@@ -41,24 +31,7 @@ fn start_loads_agents_and_initialises_vault() {
             ("PUT /v1/sys/init", VAULT_INIT_REPLY.to_owned()),
             ("PUT /v1/sys/unseal", r#"{"sealed":false}"#.to_owned()),
         ],
-        &[],
     );
-    let (nomad, _) = fake_api(
-        &prefix,
-        "nomad",
-        vec![
-            (
-                "GET /v1/status/leader",
-                "\"100.101.102.103:4647\"".to_owned(),
-            ),
-            (
-                "GET /v1/nodes",
-                r#"[{"Name":"mac-one","Status":"ready"}]"#.to_owned(),
-            ),
-        ],
-        &[],
-    );
-    set_endpoints(&prefix, &nomad, &consul, &vault);
 
     let output = run(fakes.styx(&prefix).arg("start"));
 
@@ -107,18 +80,8 @@ fn start_skips_initialised_vault() {
             .status
             .success()
     );
-    let (consul, _) = fake_api(
+    let vault_requests = fake_cluster(
         &prefix,
-        "consul",
-        vec![(
-            "GET /v1/status/leader",
-            "\"100.101.102.103:8300\"".to_owned(),
-        )],
-        &[],
-    );
-    let (vault, vault_requests) = fake_api(
-        &prefix,
-        "vault",
         vec![
             (
                 "GET /v1/sys/health",
@@ -126,24 +89,7 @@ fn start_skips_initialised_vault() {
             ),
             ("GET /v1/sys/init", r#"{"initialized":true}"#.to_owned()),
         ],
-        &[],
     );
-    let (nomad, _) = fake_api(
-        &prefix,
-        "nomad",
-        vec![
-            (
-                "GET /v1/status/leader",
-                "\"100.101.102.103:4647\"".to_owned(),
-            ),
-            (
-                "GET /v1/nodes",
-                r#"[{"Name":"mac-one","Status":"ready"}]"#.to_owned(),
-            ),
-        ],
-        &[],
-    );
-    set_endpoints(&prefix, &nomad, &consul, &vault);
 
     let output = run(fakes.styx(&prefix).arg("start"));
 
@@ -221,4 +167,40 @@ fn start_unhealthy_consul_is_reported() {
         "{message}"
     );
     assert!(message.contains("Consul has no leader yet"), "{message}");
+}
+
+/// Starts fake Consul and Nomad APIs that report a leader and a ready node, and a fake
+/// Vault API with `vault_routes`, then points the setup at `prefix` to them. Returns
+/// Vault's request log.
+fn fake_cluster(
+    prefix: &std::path::Path,
+    vault_routes: Vec<(&'static str, String)>,
+) -> common::RequestLog {
+    let (consul, _) = fake_api(
+        prefix,
+        "consul",
+        vec![(
+            "GET /v1/status/leader",
+            "\"100.101.102.103:8300\"".to_owned(),
+        )],
+        &[],
+    );
+    let (vault, vault_requests) = fake_api(prefix, "vault", vault_routes, &[]);
+    let (nomad, _) = fake_api(
+        prefix,
+        "nomad",
+        vec![
+            (
+                "GET /v1/status/leader",
+                "\"100.101.102.103:4647\"".to_owned(),
+            ),
+            (
+                "GET /v1/nodes",
+                r#"[{"Name":"mac-one","Status":"ready"}]"#.to_owned(),
+            ),
+        ],
+        &[],
+    );
+    set_endpoints(prefix, &nomad, &consul, &vault);
+    vault_requests
 }
