@@ -201,6 +201,14 @@ fn parse_server(text: &str) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
 }
 
+impl<'de> serde::Deserialize<'de> for RouteOverride {
+    /// Reads the same text form as the command line, so config files and flags agree.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +284,17 @@ mod tests {
         let other = RouteConfig::new("xconsul".parse().unwrap(), Servers::System);
         assert!(!other.srv_over_tcp);
         assert_eq!(other.max_negative_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn override_deserializes_from_string() {
+        let routes: Vec<RouteOverride> =
+            serde_json::from_str(r#"["consul=127.0.0.1:8600"]"#).unwrap();
+        assert_eq!(routes[0].servers, vec!["127.0.0.1:8600".parse().unwrap()]);
+
+        let error = serde_json::from_str::<RouteOverride>(r#""consul""#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("expected SUFFIX=IP:PORT"), "{error}");
     }
 }

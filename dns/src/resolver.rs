@@ -25,8 +25,6 @@ use crate::upstream::{ServerSet, SetError, Timing};
 /// Error of building a [`SplitResolver`].
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("failed to read the system DNS configuration for route {route}: {message}")]
-    SystemConfig { route: String, message: String },
     #[error("failed to build the DNS client for route {route}: {source}")]
     Client {
         route: String,
@@ -69,8 +67,8 @@ impl SplitResolver {
     ///
     /// # Errors
     ///
-    /// Fails when a route uses the system servers and the system configuration cannot be
-    /// read, or when hickory rejects a server configuration.
+    /// Fails when hickory rejects a server configuration. An unreadable system configuration
+    /// is not an error: the route that uses it gets no servers, and a warning is logged.
     pub fn new(config: ResolverConfig) -> Result<Self, BuildError> {
         let timing = Timing {
             server_timeout: config.server_timeout,
@@ -84,12 +82,12 @@ impl SplitResolver {
             let route_name = route.suffix.to_string();
             let addrs = match &route.servers {
                 Servers::Static(addrs) => addrs.clone(),
-                Servers::System => {
-                    system_servers().map_err(|message| BuildError::SystemConfig {
-                        route: route_name.clone(),
-                        message,
-                    })?
-                }
+                Servers::System => system_servers().unwrap_or_else(|error| {
+                    // The other routes still work, so a missing system configuration only
+                    // fails lookups on this route (with `ResolveError::NoServers`).
+                    tracing::warn!(route = %route_name, %error, "failed to read the system DNS configuration");
+                    Vec::new()
+                }),
             };
             let servers = ServerSet::new(&addrs, timing).map_err(|source| BuildError::Client {
                 route: route_name.clone(),

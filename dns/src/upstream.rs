@@ -307,3 +307,77 @@ fn classify(error: &NetError) -> UpstreamErrorKind {
         _ => UpstreamErrorKind::Protocol,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        Timing {
+            server_timeout: Duration::from_millis(300),
+            hedge_delay: Duration::from_millis(100),
+            demotion: Duration::from_secs(5),
+            max_demotion: Duration::from_secs(12),
+        }
+    }
+
+    fn set() -> ServerSet {
+        let addrs: Vec<SocketAddr> = ["127.0.0.1:5301", "127.0.0.1:5302", "127.0.0.1:5303"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        ServerSet::new(&addrs, timing()).unwrap()
+    }
+
+    fn ports(order: &[Arc<Server>]) -> Vec<u16> {
+        order.iter().map(|server| server.addr.port()).collect()
+    }
+
+    #[test]
+    fn demoted_server_ordered_last() {
+        let set = set();
+        assert_eq!(ports(&set.order(Instant::now())), [5301, 5302, 5303]);
+
+        set.servers[0].record_failure(UpstreamErrorKind::Timeout, &timing());
+        assert_eq!(ports(&set.order(Instant::now())), [5302, 5303, 5301]);
+
+        set.servers[1].record_failure(UpstreamErrorKind::Refused, &timing());
+        assert_eq!(
+            ports(&set.order(Instant::now())),
+            [5303, 5301, 5302],
+            "earliest demotion end first"
+        );
+
+        set.servers[0].record_success();
+        assert_eq!(ports(&set.order(Instant::now())), [5301, 5303, 5302]);
+    }
+
+    #[test]
+    fn demotion_doubles_up_to_max() {
+        let set = set();
+        let server = &set.servers[0];
+        let period = |server: &Server| {
+            let health = server.health.lock().unwrap();
+            health.demoted_until.unwrap() - Instant::now()
+        };
+
+        server.record_failure(UpstreamErrorKind::Timeout, &timing());
+        assert!(period(server) <= Duration::from_secs(5));
+        assert!(period(server) > Duration::from_secs(4));
+
+        server.record_failure(UpstreamErrorKind::Timeout, &timing());
+        assert!(
+            period(server) > Duration::from_secs(9),
+            "second failure doubles the period"
+        );
+
+        server.record_failure(UpstreamErrorKind::Timeout, &timing());
+        assert!(
+            period(server) <= Duration::from_secs(12),
+            "capped at the maximum"
+        );
+
+        let later = Instant::now() + Duration::from_secs(13);
+        assert_eq!(server.demoted_until(later), None, "demotion ends");
+    }
+}

@@ -285,6 +285,14 @@ async fn resolve(
     }
 }
 
+impl<'de> serde::Deserialize<'de> for UpstreamName {
+    /// Reads the same text form as the command line, so config files and flags agree.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

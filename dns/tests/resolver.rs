@@ -559,3 +559,17 @@ async fn invalid_name_rejected_without_query() {
     assert!(matches!(error, ResolveError::InvalidName(_)), "{error}");
     assert!(error.to_string().contains("\"bad..name\""), "{error}");
 }
+
+#[tokio::test]
+async fn route_without_servers_fails() {
+    let resolver =
+        SplitResolver::new(config(&[("consul", vec![dead_server()]), (".", vec![])])).unwrap();
+    let error = resolver
+        .lookup_ip("example.com", QueryType::A)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "failed to resolve example.com: route . has no upstream servers"
+    );
+}
