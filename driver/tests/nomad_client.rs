@@ -550,33 +550,7 @@ async fn fingerprint_health_follows_container_cli() {
 }
 
 #[tokio::test]
-async fn fingerprint_without_cli_is_undetected() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugin = start_in(dir.path()).await;
-    let body = Value::object([(
-        "container_path",
-        Value::string("/nonexistent/bin/container"),
-    )]);
-    let bytes = plugin_config_bytes(&plugin, &body).await;
-    set_config(&plugin, bytes).await.unwrap();
-
-    let mut stream = plugin
-        .driver()
-        .fingerprint(FingerprintRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let first = next_fingerprint(&mut stream).await;
-    assert_eq!(first.health, HealthState::Undetected as i32);
-    assert!(
-        first
-            .health_description
-            .contains("/nonexistent/bin/container")
-    );
-}
-
-#[tokio::test]
-async fn fingerprint_follows_config_change() {
+async fn fingerprint_reprobes_on_config_change() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeContainer::install(dir.path()).unwrap();
     let plugin = start_in(dir.path()).await;
@@ -593,9 +567,12 @@ async fn fingerprint_follows_config_change() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        next_fingerprint(&mut stream).await.health,
-        HealthState::Undetected as i32
+    let first = next_fingerprint(&mut stream).await;
+    assert_eq!(first.health, HealthState::Undetected as i32);
+    assert!(
+        first
+            .health_description
+            .contains("/nonexistent/bin/container")
     );
 
     // The default probe interval is 30 s, so only the config change can explain a new
