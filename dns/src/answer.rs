@@ -1,4 +1,4 @@
-//! What lookups return: query types, address sets and SRV records, and the conversion of an
+//! Lookup results: query types, address sets and SRV records, and the conversion of an
 //! upstream response into the cached form.
 
 use std::fmt;

@@ -16,7 +16,7 @@ pub const MAGICDNS_SERVER: SocketAddr =
 /// The local Consul agent's DNS interface (Consul's default `ports.dns`).
 pub const CONSUL_DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8600);
 
-/// Where a route sends its queries.
+/// Upstream servers of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Servers {
     /// These servers, tried in this order while they are healthy.
@@ -74,8 +74,8 @@ pub struct ResolverConfig {
     /// How long to wait for a server before also asking the next one of the route, while the
     /// first query stays open. Default: 100 ms.
     pub hedge_delay: Duration,
-    /// How long a server that timed out or failed is tried last, after its first failure in a
-    /// row; each further failure doubles it up to `max_demotion`. Default: 5 s.
+    /// How long a server that timed out or failed is tried last after its first failure in a
+    /// row. Each further failure doubles the period, up to `max_demotion`. Default: 5 s.
     pub demotion: Duration,
     /// Upper bound of the demotion period. Default: 60 s.
     pub max_demotion: Duration,

@@ -11,9 +11,9 @@ use crate::name::NameError;
 pub enum UpstreamErrorKind {
     /// No answer within the per-server timeout.
     Timeout,
-    /// The server answered REFUSED.
+    /// The server returned REFUSED.
     Refused,
-    /// The server answered SERVFAIL or another error code.
+    /// The server returned SERVFAIL or another error code.
     ServerFailure,
     /// The answer was truncated even over TCP.
     Truncated,

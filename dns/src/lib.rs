@@ -4,8 +4,8 @@
 //!
 //! The resolver is built on hickory-resolver with a cache of its own in front, so TTL-0
 //! answers (Consul's default) are reused for a short floor, negative answers are cached per
-//! their SOA with a cap per route, and one dead server never makes answers slow. It is
-//! in-process: it does not read `/etc/resolver` files or ask the macOS system resolver, and
+//! their SOA with a cap per route, and a dead server delays answers by at most one hedge delay
+//! (100 ms by default) until it is demoted. It is in-process: it does not read `/etc/resolver` files or ask the macOS system resolver, and
 //! it is not a DNS server.
 //!
 //! Layout:

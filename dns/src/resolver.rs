@@ -25,6 +25,8 @@ use crate::upstream::{ServerSet, SetError, Timing};
 /// Error of building a [`SplitResolver`].
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("invalid resolver configuration: server_timeout must be greater than zero")]
+    ZeroTimeout,
     #[error("failed to build the DNS client for route {route}: {source}")]
     Client {
         route: String,
@@ -67,9 +69,13 @@ impl SplitResolver {
     ///
     /// # Errors
     ///
-    /// Fails when hickory rejects a server configuration. An unreadable system configuration
+    /// Fails when `server_timeout` is zero or hickory rejects a server configuration. An unreadable system configuration
     /// is not an error: the route that uses it gets no servers, and a warning is logged.
     pub fn new(config: ResolverConfig) -> Result<Self, BuildError> {
+        if config.server_timeout.is_zero() {
+            return Err(BuildError::ZeroTimeout);
+        }
+
         let timing = Timing {
             server_timeout: config.server_timeout,
             hedge_delay: config.hedge_delay,
@@ -202,20 +208,24 @@ impl SplitResolver {
             return Err(negative_error(&entry.data, &name, QueryType::Srv));
         };
 
+        // Targets without glue are looked up at once rather than one after another.
+        let lookups = records.iter().map(|(record, target)| async move {
+            if !record.addrs.is_empty() {
+                return (record.clone(), None);
+            }
+            let found = self.lookup_host(&target.to_ascii()).await;
+            if let Err(error) = &found {
+                tracing::debug!(target = %record.target, %error, "SRV target has no addresses");
+            }
+            (record.clone(), found.ok())
+        });
+
         let mut valid_until = entry.valid_until;
         let mut out = Vec::with_capacity(records.len());
-        for (record, target) in records {
-            let mut record = record.clone();
-            if record.addrs.is_empty() {
-                match self.lookup_host(&target.to_ascii()).await {
-                    Ok(found) => {
-                        record.addrs = found.addrs;
-                        valid_until = valid_until.min(found.valid_until);
-                    }
-                    Err(error) => {
-                        tracing::debug!(target = %record.target, %error, "SRV target has no addresses")
-                    }
-                }
+        for (mut record, found) in futures_util::future::join_all(lookups).await {
+            if let Some(found) = found {
+                record.addrs = found.addrs;
+                valid_until = valid_until.min(found.valid_until);
             }
             out.push(record);
         }

@@ -5,7 +5,8 @@
 //!
 //! - Servers are asked in configured order, demoted servers last. When the current server
 //!   has not answered after the hedge delay, or fails, the next one is asked as well, and
-//!   the first usable answer wins. One dead server therefore costs at most one hedge delay.
+//!   the first usable answer wins. A dead server ahead of a live one so costs one hedge delay
+//!   per lookup, and nothing once it is demoted.
 //! - Every query runs in its own task until its per-server timeout, even after another
 //!   server won, so a silent server is seen to time out and is demoted.
 //! - A failure (timeout, REFUSED, SERVFAIL, socket error) demotes the server: it is tried

@@ -12,7 +12,7 @@ struct Command {
     args: ResolveArgs,
 }
 
-/// Parses `argv` after routing every suffix the resolver knows to `server`, so no query
+/// Parses `argv` after routing every suffix of the default routes to `server`, so no query
 /// leaves loopback.
 fn args(server: std::net::SocketAddr, argv: &[&str]) -> ResolveArgs {
     let routes = [

@@ -573,3 +573,32 @@ async fn route_without_servers_fails() {
         "failed to resolve example.com: route . has no upstream servers"
     );
 }
+
+#[tokio::test]
+async fn srv_targets_resolved_without_glue() {
+    trace_init();
+    // dnsmasq's authoritative mode sends no additional section, so the targets' addresses
+    // must be looked up separately.
+    let server = Dnsmasq::start(&Zone::consul().authoritative("consul"));
+    let resolver = SplitResolver::new(config(&[("consul", vec![server.addr])])).unwrap();
+
+    let srv = resolver.lookup_srv("web.service.consul").await.unwrap();
+    let mut records: Vec<_> = srv
+        .records
+        .iter()
+        .map(|r| (r.port, r.addrs.clone()))
+        .collect();
+    records.sort();
+    assert_eq!(
+        records,
+        vec![
+            (8080, vec![ip("10.0.1.1"), ip("fd00::1")]),
+            (8081, vec![ip("10.0.1.2")])
+        ]
+    );
+    assert_eq!(
+        server.wait_for_queries("node2.node.consul", "A", 1),
+        1,
+        "target looked up"
+    );
+}

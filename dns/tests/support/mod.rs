@@ -163,8 +163,8 @@ impl Dnsmasq {
         let port = self.addr.port();
         drop(self);
 
-        // The killed TCP children close the listening socket they inherited only when the
-        // kernel has torn them down; until then the new instance could not bind the port.
+        // The killed TCP children hold the inherited listening socket until the kernel has
+        // torn them down. The new instance cannot bind the port before that.
         let deadline = Instant::now() + Duration::from_secs(5);
         while TcpListener::bind(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
