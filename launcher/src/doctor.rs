@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::launchd;
 use crate::layout::Layout;
-use crate::process::{Invocation, ProcessError};
-use crate::state::ports;
+use crate::process::{Invocation, ProcessError, find_program};
+use crate::state::{NodeState, Role, ports};
 use crate::tailscale::{self, TailscaleError};
 
 /// Outcome of one check.
@@ -97,7 +97,13 @@ pub async fn collect(layout: &Layout, system_root: &Path) -> Vec<Check> {
     let mut checks = vec![macos_version().await, apple_silicon().await];
     checks.extend(container_checks().await);
     checks.extend(tailscale_checks().await);
+    // Client nodes run no Vault, so a missing Vault there is no failure.
+    let client_node = NodeState::load(layout).is_ok_and(|state| state.role == Role::Client);
     for (program, formula, minimum) in MINIMUM_VERSIONS {
+        if program == "vault" && client_node && find_program("vault").is_none() {
+            checks.push(Check::ok("vault installed", "not needed on a client node"));
+            continue;
+        }
         checks.push(hashicorp_version(program, formula, minimum).await);
     }
     checks.push(file_limit(layout).await);
@@ -233,7 +239,14 @@ async fn tailscale_checks() -> Vec<Check> {
     } else {
         node.dns_name.clone()
     };
-    let mut checks = vec![Check::ok(UP, format!("{} ({name})", node.ipv4))];
+    let mut checks = vec![match node.health.first() {
+        None => Check::ok(UP, format!("{} ({name})", node.ipv4)),
+        Some(warning) => Check::warn(
+            UP,
+            format!("{} ({name}), but Tailscale reports: {warning}", node.ipv4),
+            "tailscale status",
+        ),
+    }];
     checks.push(match &node.exit_node {
         None => Check::ok(EXIT, "none in use"),
         Some((id, _)) => Check::warn(

@@ -115,7 +115,10 @@ pub async fn run(args: &JoinArgs, layout: &Layout) -> anyhow::Result<()> {
     })();
     if let Err(error) = staged {
         staging.discard();
-        return Err(error.into());
+        return Err(anyhow::Error::from(error).context(
+            "failed to write the client setup, and nothing was kept; the invite use was \
+             consumed, so run `styx invite` on the server for a new token",
+        ));
     }
     setup::commit_and_start(staging, &state, layout, &args.setup).await?;
 

@@ -343,3 +343,23 @@ fn invite_on_client_node_rejected() {
         stderr(&output)
     );
 }
+
+#[test]
+fn doctor_on_client_skips_vault() {
+    let server = Server::start("2m", "1");
+    assert!(server.join("mac-two", &server.token).status.success());
+    server.fakes.remove("vault");
+
+    let output = run(server
+        .fakes
+        .styx(&server.joiner("mac-two"))
+        .args(["doctor", "--json"]));
+
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let vault = checks
+        .iter()
+        .find(|check| check["name"] == "vault installed")
+        .unwrap();
+    assert_eq!(vault["level"], "OK");
+    assert_eq!(vault["detail"], "not needed on a client node");
+}

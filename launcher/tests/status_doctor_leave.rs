@@ -215,6 +215,36 @@ fn doctor_reports_failures_with_fixes() {
 }
 
 #[test]
+fn doctor_warns_on_tailscale_health() {
+    let fakes = Fakes::healthy();
+    fakes.output(
+        "tailscale",
+        &common::RUNNING_STATUS.replace(
+            "\"Health\": [],",
+            "\"Health\": [\"not connected to home DERP region 1\"],",
+        ),
+    );
+    let home = tempfile::tempdir().unwrap();
+
+    let output = run(fakes
+        .styx(&home.path().join("styx"))
+        .args(["doctor", "--json"]));
+
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let up = checks
+        .iter()
+        .find(|check| check["name"] == "Tailscale up")
+        .unwrap();
+    assert_eq!(up["level"], "WARN");
+    assert!(
+        up["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not connected to home DERP region 1")
+    );
+}
+
+#[test]
 fn leave_drains_and_keeps_data() {
     let fakes = Fakes::healthy();
     let home = tempfile::tempdir().unwrap();
