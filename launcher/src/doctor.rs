@@ -425,7 +425,7 @@ fn consul_resolver(system_root: &Path) -> Check {
 
 async fn ports_in_use() -> Check {
     const NAME: &str = "ports";
-    let wanted: [(u16, &str); 10] = [
+    let expected_ports: [(u16, &str); 10] = [
         (ports::NOMAD_HTTP, "nomad"),
         (ports::NOMAD_RPC, "nomad"),
         (ports::NOMAD_SERF, "nomad"),
@@ -439,7 +439,7 @@ async fn ports_in_use() -> Check {
     ];
 
     let mut conflicts = Vec::new();
-    for (port, service) in wanted {
+    for (port, service) in expected_ports {
         // Binding loopback detects listeners on loopback and on the wildcard address.
         let free = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_ok();
         if free {
