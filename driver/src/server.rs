@@ -98,9 +98,12 @@ pub async fn serve(
         .map_err(ServeError::Handshake)?;
     tracing::info!(socket = %socket_path.display(), "plugin listening");
 
+    // The server also stops once shutdown fires, so check shutdown first: only a server
+    // that stopped without it failed.
     tokio::select! {
-        result = &mut server => return flatten(result),
+        biased;
         () = shutdown.cancelled() => {}
+        result = &mut server => return flatten(result),
     }
 
     // Streams end when the shutdown token fires, so open calls finish quickly. A call
