@@ -7,10 +7,16 @@
 //! form turns the line into plain text logged at debug.
 //!
 //! Write errors are ignored: after the Nomad agent exits, stderr is a broken pipe, and
-//! the plugin must keep running so that the next agent can reattach to it.
+//! the plugin must keep running so that the next agent can reattach to it. A reattached
+//! agent no longer reads the plugin's stderr, so [`open_log_file`] offers a second copy
+//! of every line in a file.
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -30,6 +36,31 @@ impl HclogLayer<fn() -> io::Stderr> {
         Self {
             make_writer: io::stderr,
         }
+    }
+}
+
+/// Opens `path` for appending log lines, creating it readable by the owner only.
+pub fn open_log_file(path: &Path) -> io::Result<SharedFile> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    Ok(SharedFile(Arc::new(file)))
+}
+
+/// A log file that every line writer shares. Appends from several threads do not
+/// interleave within a line, because each line is one `write` call on an `O_APPEND` file.
+#[derive(Debug, Clone)]
+pub struct SharedFile(Arc<File>);
+
+impl Write for SharedFile {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
     }
 }
 

@@ -740,7 +740,16 @@ fn is_go_timestamp(text: &str) -> bool {
 async fn closed_output_pipes_do_not_stop_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeContainer::install(dir.path()).unwrap();
-    let mut plugin = start_in(dir.path()).await;
+    let log_file = dir.path().join("styx-driver.log");
+    let options = LaunchOptions {
+        socket_dir: Some(dir.path().to_owned()),
+        env: vec![(
+            "STYX_DRIVER_LOG_FILE".to_owned(),
+            log_file.to_str().unwrap().to_owned(),
+        )],
+        ..LaunchOptions::default()
+    };
+    let mut plugin = Plugin::start(Path::new(BINARY), &options).await.unwrap();
 
     // The Nomad agent has died, so no process reads stdout or stderr any more.
     plugin.close_output_pipes().await;
@@ -758,6 +767,12 @@ async fn closed_output_pipes_do_not_stop_plugin() {
     let info = plugin.base().plugin_info(PluginInfoRequest {}).await;
     assert!(info.is_ok(), "plugin stopped serving: {info:?}");
     assert!(plugin.try_exit_status().unwrap().is_none(), "plugin exited");
+
+    // The log file still receives what stderr no longer can.
+    let logged = std::fs::read_to_string(&log_file).unwrap();
+    assert!(logged.contains("\"driver health changed\""), "{logged}");
+    let mode = std::fs::metadata(&log_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[tokio::test]
