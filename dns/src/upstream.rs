@@ -121,11 +121,12 @@ impl ServerSet {
             let result = tokio::select! {
                 result = pending.next(), if !pending.is_empty() => result,
                 () = hedge, if order.len() > 0 => continue,
+                // Both guards are false only when nothing is pending and no server is left,
+                // and the end of the loop returns before that.
+                else => None,
             };
 
             let Some(result) = result else {
-                // Only reached when nothing is pending and no server is left to ask, which the
-                // select guards make impossible: an empty `pending` with servers left sleeps.
                 return Err(SetError::AllFailed(failures));
             };
             match result {

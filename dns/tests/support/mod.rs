@@ -120,11 +120,31 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// Starts dnsmasq on a free port and waits until it accepts TCP connections.
     pub fn start(zone: &Zone) -> Self {
+        // Another test, or a resolver's random UDP source port, can take the port between
+        // `free_port` and dnsmasq's bind, so a failed start is retried on a new port.
+        for _ in 0..4 {
+            if let Ok(server) = Self::try_start_on(free_port(), zone) {
+                return server;
+            }
+        }
         Self::start_on(free_port(), zone)
     }
 
     /// Starts dnsmasq on `port`, for example to replace an instance with a new zone.
     pub fn start_on(port: u16, zone: &Zone) -> Self {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Self::try_start_on(port, zone) {
+                Ok(server) => return server,
+                Err(error) if attempts < 5 => eprintln!("{error}; retrying"),
+                Err(error) => panic!("{error}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_start_on(port: u16, zone: &Zone) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("create a temporary directory for dnsmasq");
         let config = dir.path().join("dnsmasq.conf");
         std::fs::write(&config, zone.config()).expect("write the dnsmasq configuration");
@@ -154,8 +174,8 @@ impl Dnsmasq {
 
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut server = Self { child, addr, dir };
-        server.wait_ready();
-        server
+        server.wait_ready()?;
+        Ok(server)
     }
 
     /// Stops this instance and starts a new one with `zone` on the same port.
@@ -172,17 +192,17 @@ impl Dnsmasq {
         Self::start_on(port, zone)
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("poll dnsmasq") {
-                panic!(
+                return Err(format!(
                     "dnsmasq exited with {status} before serving on {}",
                     self.addr
-                );
+                ));
             }
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
