@@ -22,9 +22,6 @@ pub const MAGIC_COOKIE_VALUE: &str =
 /// Environment variable listing the app protocol versions the host accepts.
 pub const PROTOCOL_VERSIONS_KEY: &str = "PLUGIN_PROTOCOL_VERSIONS";
 
-/// Environment variable naming the directory for the unix socket, if the host chose one.
-pub const UNIX_SOCKET_DIR_KEY: &str = "PLUGIN_UNIX_SOCKET_DIR";
-
 /// go-plugin's core protocol version.
 pub const CORE_PROTOCOL_VERSION: u32 = 1;
 

@@ -9,7 +9,8 @@
 //!
 //! Layout:
 //! - [`handshake`]: environment checks and the handshake line.
-//! - [`server`]: the unix socket, the gRPC server and the shutdown path.
+//! - [`server`]: the gRPC server and the shutdown path.
+//! - [`socket`]: the unix socket the server listens on.
 //! - [`grpc`]: the gRPC service impls, thin layers over [`driver`].
 //! - [`driver`]: the driver core, holding the plugin config and capabilities.
 //! - [`config`]: plugin and task config schemas and decoders.
@@ -30,6 +31,7 @@ pub mod logging;
 pub mod node;
 pub mod proto;
 pub mod server;
+pub mod socket;
 
 /// Driver name that jobs use in `driver = "apple-container"`.
 pub const DRIVER_NAME: &str = "apple-container";

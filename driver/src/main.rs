@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use styx_driver::driver::Driver;
-use styx_driver::handshake::{self, UNIX_SOCKET_DIR_KEY};
+use styx_driver::handshake;
 use styx_driver::logging::{self, HclogLayer};
 use styx_driver::server;
+use styx_driver::socket::SocketOptions;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -55,12 +56,10 @@ fn main() -> ExitCode {
         }
     };
 
-    let socket_dir = std::env::var_os(UNIX_SOCKET_DIR_KEY)
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let socket = SocketOptions::from_env(|key| std::env::var(key).ok());
     let driver = Driver::new(CancellationToken::new());
 
-    match runtime.block_on(server::serve(driver, &socket_dir, std::io::stdout())) {
+    match runtime.block_on(server::serve(driver, &socket, std::io::stdout())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %error, "plugin failed");

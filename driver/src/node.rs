@@ -1,5 +1,5 @@
-//! What the Nomad client tells the plugin about its node in `SetConfig.nomad_config`:
-//! the client's port range and the CPU compute it schedules with.
+//! Node facts that the Nomad client sends in `SetConfig.nomad_config`: the client's
+//! port range and the CPU compute it schedules with.
 //!
 //! The task lifecycle needs the compute to turn a task's `cpu` in MHz into a vCPU count.
 //! Nomad leaves `nomad_config` unset during its config validation pass, so the driver

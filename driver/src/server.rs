@@ -7,11 +7,9 @@
 //! running in a terminal leaves the plugin to Nomad's own orderly shutdown.
 
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
@@ -28,6 +26,7 @@ use crate::proto::plugin::{
     grpc_broker_server::GrpcBrokerServer, grpc_controller_server::GrpcControllerServer,
     grpc_stdio_server::GrpcStdioServer,
 };
+use crate::socket::{self, SocketOptions};
 
 /// Service name that go-plugin's health check requests.
 pub const HEALTH_SERVICE_NAME: &str = "plugin";
@@ -56,15 +55,15 @@ pub enum ServeError {
 }
 
 /// Serves the plugin until shutdown. The handshake line goes to `handshake_out` once the
-/// socket in `socket_dir` accepts connections. The socket file is removed on return.
+/// socket accepts connections. The socket file is removed on return.
 pub async fn serve(
     driver: Driver,
-    socket_dir: &Path,
+    socket: &SocketOptions,
     mut handshake_out: impl Write,
 ) -> Result<(), ServeError> {
     watch_signals(&driver).map_err(ServeError::Signals)?;
-    let (listener, socket_path) = bind_socket(socket_dir).map_err(|source| ServeError::Bind {
-        dir: socket_dir.to_owned(),
+    let (listener, socket_path) = socket::bind(socket).map_err(|source| ServeError::Bind {
+        dir: socket.dir.clone(),
         source,
     })?;
 
@@ -124,20 +123,6 @@ fn flatten(
         Ok(served) => served.map_err(ServeError::from),
         Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
     }
-}
-
-/// Binds a unix socket named `plugin<random>` in `dir`, as go-plugin does, readable
-/// and writable by the owner only. The returned path removes the file when dropped.
-fn bind_socket(dir: &Path) -> io::Result<(UnixListener, tempfile::TempPath)> {
-    let socket = tempfile::Builder::new()
-        .prefix("plugin")
-        .rand_bytes(10)
-        .make_in(dir, |path| std::os::unix::net::UnixListener::bind(path))?;
-    let (listener, path) = socket.into_parts();
-
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
-    Ok((UnixListener::from_std(listener)?, path))
 }
 
 /// Ignores SIGINT and turns SIGTERM into an orderly shutdown.

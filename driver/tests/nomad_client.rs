@@ -6,7 +6,7 @@
 //! exit after Shutdown, because the Nomad client sends SIGKILL after that long.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -138,6 +138,22 @@ async fn handshake_line_format() {
     let metadata = std::fs::metadata(&socket).unwrap();
     assert!(metadata.file_type().is_socket());
     assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn socket_group_gets_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let gid = std::fs::metadata(dir.path()).unwrap().gid();
+    let options = LaunchOptions {
+        socket_dir: Some(dir.path().to_owned()),
+        socket_group: Some(gid.to_string()),
+        ..LaunchOptions::default()
+    };
+    let plugin = Plugin::start(Path::new(BINARY), &options).await.unwrap();
+
+    let metadata = std::fs::metadata(plugin.socket_path()).unwrap();
+    assert_eq!(metadata.gid(), gid);
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o660);
 }
 
 #[tokio::test]

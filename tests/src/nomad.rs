@@ -19,12 +19,11 @@ use tokio::process::{Child, ChildStdout, Command};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic_health::pb::health_client::HealthClient;
 
-use styx_driver::handshake::{
-    MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, PROTOCOL_VERSIONS_KEY, UNIX_SOCKET_DIR_KEY,
-};
+use styx_driver::handshake::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, PROTOCOL_VERSIONS_KEY};
 use styx_driver::proto::base::base_plugin_client::BasePluginClient;
 use styx_driver::proto::drivers::driver_client::DriverClient;
 use styx_driver::proto::plugin::grpc_controller_client::GrpcControllerClient;
+use styx_driver::socket::{UNIX_SOCKET_DIR_KEY, UNIX_SOCKET_GROUP_KEY};
 
 /// go-plugin's client waits this long for the handshake line.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -101,6 +100,8 @@ pub struct LaunchOptions {
     pub protocol_versions: String,
     /// Directory for the unix socket, passed as `PLUGIN_UNIX_SOCKET_DIR`.
     pub socket_dir: Option<PathBuf>,
+    /// Group that may use the socket, passed as `PLUGIN_UNIX_SOCKET_GROUP`.
+    pub socket_group: Option<String>,
     /// Extra environment variables, such as a log filter.
     pub env: Vec<(String, String)>,
 }
@@ -112,6 +113,7 @@ impl Default for LaunchOptions {
             magic_cookie: Some(MAGIC_COOKIE_VALUE.to_owned()),
             protocol_versions: "2".to_owned(),
             socket_dir: None,
+            socket_group: None,
             env: Vec::new(),
         }
     }
@@ -134,6 +136,9 @@ pub fn plugin_command(binary: &Path, options: &LaunchOptions) -> Command {
     }
     if let Some(dir) = &options.socket_dir {
         command.env(UNIX_SOCKET_DIR_KEY, dir);
+    }
+    if let Some(group) = &options.socket_group {
+        command.env(UNIX_SOCKET_GROUP_KEY, group);
     }
     for (key, value) in &options.env {
         command.env(key, value);
