@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use styx_dns::{QueryType, ResolverConfig, RouteConfig, Servers, SplitResolver};
+use styx_dns::{IpFamily, ResolverConfig, RouteConfig, Servers, SplitResolver};
 use support::{Dnsmasq, Zone};
 
 const CACHED_LOOKUPS: usize = 200_000;
@@ -49,7 +49,7 @@ fn report(scenario: &str, mut samples: Vec<Duration>, total: Duration) {
 async fn sequential(
     resolver: &SplitResolver,
     name: &str,
-    query_type: QueryType,
+    family: IpFamily,
     count: usize,
 ) -> (Vec<Duration>, Duration) {
     let mut samples = Vec::with_capacity(count);
@@ -57,7 +57,7 @@ async fn sequential(
     for _ in 0..count {
         let lookup_started = Instant::now();
         let found = resolver
-            .lookup_ip(name, query_type)
+            .lookup_ip(name, family)
             .await
             .expect("lookup succeeds");
         samples.push(lookup_started.elapsed());
@@ -77,7 +77,7 @@ async fn concurrent(
         .map(|name| {
             let (resolver, name) = (resolver.clone(), name.clone());
             tokio::spawn(
-                async move { sequential(&resolver, &name, QueryType::A, per_task).await.0 },
+                async move { sequential(&resolver, &name, IpFamily::V4, per_task).await.0 },
             )
         })
         .collect();
@@ -106,14 +106,14 @@ async fn main() {
     );
 
     let cached = resolver(server.addr, 4096);
-    sequential(&cached, "web.service.consul", QueryType::A, 1000).await;
+    sequential(&cached, "web.service.consul", IpFamily::V4, 1000).await;
     let (samples, total) =
-        sequential(&cached, "web.service.consul", QueryType::A, CACHED_LOOKUPS).await;
+        sequential(&cached, "web.service.consul", IpFamily::V4, CACHED_LOOKUPS).await;
     report("cached A, one task", samples, total);
 
     for name in &names {
         cached
-            .lookup_ip(name, QueryType::A)
+            .lookup_ip(name, IpFamily::V4)
             .await
             .expect("warm-up lookup");
     }
@@ -121,11 +121,11 @@ async fn main() {
     report("cached A, 8 tasks", samples, total);
 
     let uncached = resolver(server.addr, 0);
-    sequential(&uncached, "web.service.consul", QueryType::A, 100).await;
+    sequential(&uncached, "web.service.consul", IpFamily::V4, 100).await;
     let (samples, total) = sequential(
         &uncached,
         "web.service.consul",
-        QueryType::A,
+        IpFamily::V4,
         UNCACHED_LOOKUPS,
     )
     .await;

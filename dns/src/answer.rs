@@ -65,6 +65,22 @@ impl FromStr for QueryType {
     }
 }
 
+/// The address family of an address lookup: A records for IPv4, AAAA records for IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn query_type(self) -> QueryType {
+        match self {
+            Self::V4 => QueryType::A,
+            Self::V6 => QueryType::Aaaa,
+        }
+    }
+}
+
 /// Addresses of a name, from A and/or AAAA records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpLookup {

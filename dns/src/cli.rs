@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use crate::answer::{QueryType, SrvRecord};
+use crate::answer::{IpFamily, QueryType, SrvRecord};
 use crate::config::{ResolverConfig, RouteOverride};
 use crate::error::ResolveError;
 use crate::resolver::{BuildError, SplitResolver};
@@ -79,7 +79,12 @@ pub async fn run(args: &ResolveArgs) -> Result<String, RunError> {
     let name = args.name.as_str();
     let mut output = match args.query_type {
         QueryType::A | QueryType::Aaaa => {
-            let found = resolver.lookup_ip(name, args.query_type).await?;
+            let family = if args.query_type == QueryType::A {
+                IpFamily::V4
+            } else {
+                IpFamily::V6
+            };
+            let found = resolver.lookup_ip(name, family).await?;
             let addrs: Vec<String> = found.addrs.iter().map(ToString::to_string).collect();
             if args.json {
                 to_json(name, args.query_type, Some(addrs), None)

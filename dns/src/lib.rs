@@ -32,7 +32,7 @@ pub mod resolver;
 mod upstream;
 pub mod watch;
 
-pub use answer::{IpLookup, QueryType, SrvLookup, SrvRecord};
+pub use answer::{IpFamily, IpLookup, QueryType, SrvLookup, SrvRecord};
 pub use config::{ResolverConfig, RouteConfig, RouteOverride, Servers};
 pub use error::ResolveError;
 pub use resolver::SplitResolver;

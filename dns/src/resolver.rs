@@ -13,7 +13,7 @@ use futures_util::future::Shared;
 use hickory_resolver::proto::rr::Name;
 
 use crate::answer::{
-    Entry, EntryData, IpLookup, QueryType, SrvLookup, TtlPolicy, display_name, to_entry,
+    Entry, EntryData, IpFamily, IpLookup, QueryType, SrvLookup, TtlPolicy, display_name, to_entry,
 };
 use crate::cache::{Cache, Key};
 use crate::config::{ResolverConfig, Servers};
@@ -149,24 +149,15 @@ impl SplitResolver {
         self.inner.ttl_floor
     }
 
-    /// Looks up the A or AAAA records of `name`.
+    /// Looks up the A (IPv4) or AAAA (IPv6) records of `name`.
     ///
     /// # Errors
     ///
     /// [`ResolveError::InvalidName`] for a malformed name, `NxDomain` or `NoRecords` for a
     /// negative answer, `Unreachable` when no server of the route answered.
-    ///
-    /// # Panics
-    ///
-    /// Panics when `query_type` is [`QueryType::Srv`]; use [`Self::lookup_srv`].
-    pub async fn lookup_ip(
-        &self,
-        name: &str,
-        query_type: QueryType,
-    ) -> Result<IpLookup, ResolveError> {
-        assert!(query_type != QueryType::Srv, "lookup_ip takes A or AAAA");
+    pub async fn lookup_ip(&self, name: &str, family: IpFamily) -> Result<IpLookup, ResolveError> {
         let name = parse_name(name)?;
-        self.lookup_ip_name(name, query_type).await
+        self.lookup_ip_name(name, family.query_type()).await
     }
 
     /// Looks up A and AAAA records of `name` at once and merges them, IPv4 first.

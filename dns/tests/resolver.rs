@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use styx_dns::error::UpstreamErrorKind;
-use styx_dns::{QueryType, ResolveError, ResolverConfig, RouteConfig, Servers, SplitResolver};
+use styx_dns::{IpFamily, ResolveError, ResolverConfig, RouteConfig, Servers, SplitResolver};
 use support::{Dnsmasq, SilentServer, TAILNET, Zone, dead_server, trace_init};
 
 /// Builds a config with only the given routes, so that no query can leave loopback.
@@ -98,7 +98,7 @@ async fn routes_by_longest_suffix() {
     .unwrap();
 
     let web = resolver
-        .lookup_ip("web.service.consul", QueryType::A)
+        .lookup_ip("web.service.consul", IpFamily::V4)
         .await
         .unwrap();
     assert_eq!(
@@ -108,13 +108,13 @@ async fn routes_by_longest_suffix() {
     );
 
     let node = resolver
-        .lookup_ip("node1.node.consul", QueryType::A)
+        .lookup_ip("node1.node.consul", IpFamily::V4)
         .await
         .unwrap();
     assert_eq!(node.addrs, vec![ip("10.0.1.1")]);
 
     let mac = resolver
-        .lookup_ip(&format!("mac-a.{TAILNET}"), QueryType::A)
+        .lookup_ip(&format!("mac-a.{TAILNET}"), IpFamily::V4)
         .await
         .unwrap();
     assert_eq!(
@@ -123,7 +123,7 @@ async fn routes_by_longest_suffix() {
         "other names go to the root route"
     );
 
-    let other = resolver.lookup_ip("xconsul", QueryType::A).await.unwrap();
+    let other = resolver.lookup_ip("xconsul", IpFamily::V4).await.unwrap();
     assert_eq!(
         other.addrs,
         vec![ip("10.7.7.7")],
@@ -151,7 +151,7 @@ async fn resolves_a_aaaa_and_srv() {
     .unwrap();
 
     let web = resolver
-        .lookup_ip("web.service.consul", QueryType::A)
+        .lookup_ip("web.service.consul", IpFamily::V4)
         .await
         .unwrap();
     let mut addrs = web.addrs.clone();
@@ -159,7 +159,7 @@ async fn resolves_a_aaaa_and_srv() {
     assert_eq!(addrs, vec![ip("10.0.0.1"), ip("10.0.0.2")]);
 
     let v6 = resolver
-        .lookup_ip("node1.node.consul", QueryType::Aaaa)
+        .lookup_ip("node1.node.consul", IpFamily::V6)
         .await
         .unwrap();
     assert_eq!(v6.addrs, vec![ip("fd00::1")]);
@@ -211,11 +211,11 @@ async fn ttl_zero_reused_only_for_floor() {
     .unwrap();
 
     let first = resolver
-        .lookup_ip("web.service.consul", QueryType::A)
+        .lookup_ip("web.service.consul", IpFamily::V4)
         .await
         .unwrap();
     let second = resolver
-        .lookup_ip("web.service.consul", QueryType::A)
+        .lookup_ip("web.service.consul", IpFamily::V4)
         .await
         .unwrap();
     assert_eq!(
@@ -226,7 +226,7 @@ async fn ttl_zero_reused_only_for_floor() {
 
     tokio::time::sleep_until((first.valid_until + Duration::from_millis(50)).into()).await;
     resolver
-        .lookup_ip("web.service.consul", QueryType::A)
+        .lookup_ip("web.service.consul", IpFamily::V4)
         .await
         .unwrap();
     assert_eq!(
@@ -244,7 +244,7 @@ async fn positive_ttl_honoured() {
 
     let started = Instant::now();
     let first = resolver
-        .lookup_ip("node2.node.consul", QueryType::A)
+        .lookup_ip("node2.node.consul", IpFamily::V4)
         .await
         .unwrap();
     assert!(
@@ -256,14 +256,14 @@ async fn positive_ttl_honoured() {
     // Past the default floor of 1 s but within the TTL: still cached.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     resolver
-        .lookup_ip("node2.node.consul", QueryType::A)
+        .lookup_ip("node2.node.consul", IpFamily::V4)
         .await
         .unwrap();
     assert_eq!(server.wait_for_queries("node2.node.consul", "A", 1), 1);
 
     tokio::time::sleep_until((first.valid_until + Duration::from_millis(50)).into()).await;
     resolver
-        .lookup_ip("node2.node.consul", QueryType::A)
+        .lookup_ip("node2.node.consul", IpFamily::V4)
         .await
         .unwrap();
     assert_eq!(server.wait_for_queries("node2.node.consul", "A", 2), 2);
@@ -278,7 +278,7 @@ async fn negative_answer_cached_per_soa() {
 
     let started = Instant::now();
     let error = resolver
-        .lookup_ip("missing.service.consul", QueryType::A)
+        .lookup_ip("missing.service.consul", IpFamily::V4)
         .await
         .unwrap_err();
     assert_eq!(
@@ -294,7 +294,7 @@ async fn negative_answer_cached_per_soa() {
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let again = resolver
-        .lookup_ip("missing.service.consul", QueryType::A)
+        .lookup_ip("missing.service.consul", IpFamily::V4)
         .await
         .unwrap_err();
     assert_eq!(again, error);
@@ -318,7 +318,7 @@ async fn negative_answer_cached_per_soa() {
 
     // A name without AAAA records is a negative answer too.
     let no_v6 = resolver
-        .lookup_ip("node2.node.consul", QueryType::Aaaa)
+        .lookup_ip("node2.node.consul", IpFamily::V6)
         .await
         .unwrap_err();
     assert_eq!(no_v6.to_string(), "node2.node.consul has no AAAA records");
@@ -333,11 +333,11 @@ async fn negative_ttl_capped_per_route() {
     let resolver = SplitResolver::new(config).unwrap();
 
     resolver
-        .lookup_ip("missing.service.consul", QueryType::A)
+        .lookup_ip("missing.service.consul", IpFamily::V4)
         .await
         .unwrap_err();
     resolver
-        .lookup_ip("missing.service.consul", QueryType::A)
+        .lookup_ip("missing.service.consul", IpFamily::V4)
         .await
         .unwrap_err();
     assert_eq!(server.wait_for_queries("missing.service.consul", "A", 1), 1);
@@ -345,7 +345,7 @@ async fn negative_ttl_capped_per_route() {
     // The SOA allows 600 s, the route caps it at 1 s.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     resolver
-        .lookup_ip("missing.service.consul", QueryType::A)
+        .lookup_ip("missing.service.consul", IpFamily::V4)
         .await
         .unwrap_err();
     assert_eq!(server.wait_for_queries("missing.service.consul", "A", 2), 2);
@@ -362,7 +362,7 @@ async fn dead_and_silent_servers_skipped() {
 
     let started = Instant::now();
     let web = resolver
-        .lookup_ip("web.service.consul", QueryType::A)
+        .lookup_ip("web.service.consul", IpFamily::V4)
         .await
         .unwrap();
     let first_answer = started.elapsed();
@@ -370,7 +370,7 @@ async fn dead_and_silent_servers_skipped() {
 
     let started = Instant::now();
     let missing = resolver
-        .lookup_ip("missing.service.consul", QueryType::A)
+        .lookup_ip("missing.service.consul", IpFamily::V4)
         .await
         .unwrap_err();
     let first_nxdomain = started.elapsed();
@@ -399,7 +399,7 @@ async fn dead_and_silent_servers_skipped() {
         "node2.node.consul",
         "gone.service.consul",
     ] {
-        let _ = resolver.lookup_ip(name, QueryType::A).await;
+        let _ = resolver.lookup_ip(name, IpFamily::V4).await;
     }
     assert_eq!(
         silent.received(),
@@ -420,7 +420,7 @@ async fn refusing_server_skipped() {
         resolver_with_metrics(config(&[("consul", vec![refusing.addr, live.addr])]));
 
     let web = resolver
-        .lookup_ip("web.service.consul", QueryType::A)
+        .lookup_ip("web.service.consul", IpFamily::V4)
         .await
         .unwrap();
     assert_eq!(web.addrs.len(), 2);
@@ -430,7 +430,7 @@ async fn refusing_server_skipped() {
     );
 
     resolver
-        .lookup_ip("node1.node.consul", QueryType::A)
+        .lookup_ip("node1.node.consul", IpFamily::V4)
         .await
         .unwrap();
     assert_eq!(
@@ -449,7 +449,7 @@ async fn all_servers_dead_fails_fast() {
 
     let started = Instant::now();
     let error = resolver
-        .lookup_ip("web.service.consul", QueryType::A)
+        .lookup_ip("web.service.consul", IpFamily::V4)
         .await
         .unwrap_err();
     let elapsed = started.elapsed();
@@ -526,7 +526,7 @@ async fn concurrent_lookups_share_one_query() {
 
     let lookups = (0..20).map(|_| {
         let resolver = resolver.clone();
-        tokio::spawn(async move { resolver.lookup_ip("web.service.consul", QueryType::A).await })
+        tokio::spawn(async move { resolver.lookup_ip("web.service.consul", IpFamily::V4).await })
     });
     for lookup in lookups.collect::<Vec<_>>() {
         assert_eq!(lookup.await.unwrap().unwrap().addrs.len(), 2);
@@ -553,7 +553,7 @@ async fn concurrent_lookups_share_one_query() {
 async fn invalid_name_rejected_without_query() {
     let resolver = SplitResolver::new(config(&[(".", vec![dead_server()])])).unwrap();
     let error = resolver
-        .lookup_ip("bad..name", QueryType::A)
+        .lookup_ip("bad..name", IpFamily::V4)
         .await
         .unwrap_err();
     assert!(matches!(error, ResolveError::InvalidName(_)), "{error}");
@@ -565,7 +565,7 @@ async fn route_without_servers_fails() {
     let resolver =
         SplitResolver::new(config(&[("consul", vec![dead_server()]), (".", vec![])])).unwrap();
     let error = resolver
-        .lookup_ip("example.com", QueryType::A)
+        .lookup_ip("example.com", IpFamily::V4)
         .await
         .unwrap_err();
     assert_eq!(
