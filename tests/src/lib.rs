@@ -10,8 +10,8 @@
 //!   only the fingerprint probes. The full simulator is a separate piece of work.
 //!
 //! The harness is a library, and the tests that drive the real binary live in
-//! `driver/tests/`, because Cargo only tells a package's own tests where that package's
-//! binaries are (`CARGO_BIN_EXE_<name>`). They pass that path to [`nomad::Plugin::start`].
+//! `driver/tests/`, because Cargo sets the path of a package's binaries
+//! (`CARGO_BIN_EXE_<name>`) only for that package's own tests. They pass that path to [`nomad::Plugin::start`].
 #![forbid(unsafe_code)]
 
 pub mod cty;

@@ -5,9 +5,10 @@
 //! unset attribute is `nil`. A number may arrive as a signed or unsigned integer, as a
 //! float64, or as a decimal string for values such as `0.1` that float64 cannot
 //! represent exactly.
+//!
 //! [`ObjectReader`] takes attributes out of such a map one by one, checks their types,
-//! and reports any attribute left over. This module knows nothing about which
-//! attributes exist; the config types in the sibling modules decide that.
+//! and reports any attribute left over. Which attributes exist is up to the
+//! config types in the sibling modules, not this module.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
