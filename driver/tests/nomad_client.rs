@@ -16,7 +16,7 @@ use styx_driver::proto::base::{
     SetConfigRequest,
 };
 use styx_driver::proto::drivers::{
-    CapabilitiesRequest, FingerprintRequest, FingerprintResponse, ShutdownRequest,
+    CapabilitiesRequest, FingerprintRequest, FingerprintResponse, InitRequest, ShutdownRequest,
     StartTaskRequest, TaskConfig, TaskConfigSchemaRequest, TaskEventsRequest, WaitTaskRequest,
     fingerprint_response::HealthState,
 };
@@ -824,4 +824,82 @@ async fn new_connection_after_disconnect() {
         .unwrap()
         .into_inner();
     assert_eq!(info.name, "apple-container");
+}
+
+/// Replays the calls a Nomad agent makes at startup: a fingerprint launch, a config
+/// validation launch, then the long-lived instance with its streams and the calls of
+/// a task runner.
+#[tokio::test]
+async fn agent_startup_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeContainer::install(dir.path()).unwrap();
+    let body = Value::object([(
+        "container_path",
+        Value::string(fake.path().to_str().unwrap()),
+    )]);
+
+    // 1. Loader pass: identity and schema, then Kill().
+    let mut plugin = start_in(dir.path()).await;
+    let info = plugin
+        .base()
+        .plugin_info(PluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.r#type, PluginType::Driver as i32);
+    let config = plugin_config_bytes(&plugin, &body).await;
+    plugin.controller().shutdown(Empty {}).await.unwrap();
+    plugin.wait_exit(Duration::from_secs(2)).await.unwrap();
+
+    // 2. Validation pass: SetConfig twice without nomad_config, then Kill().
+    let mut plugin = start_in(dir.path()).await;
+    set_config(&plugin, config.clone()).await.unwrap();
+    set_config(&plugin, config.clone()).await.unwrap();
+    plugin.controller().shutdown(Empty {}).await.unwrap();
+    plugin.wait_exit(Duration::from_secs(2)).await.unwrap();
+
+    // 3. Long-lived instance: SetConfig with nomad_config, Init, both streams.
+    let plugin = start_in(dir.path()).await;
+    let request = SetConfigRequest {
+        msgpack_config: config,
+        nomad_config: Some(NomadConfig {
+            driver: Some(NomadDriverConfig {
+                client_max_port: 32000,
+                client_min_port: 20000,
+                topology: None,
+            }),
+        }),
+        plugin_api_version: info.plugin_api_versions[0].clone(),
+    };
+    plugin.base().set_config(request).await.unwrap();
+    plugin.driver().init(InitRequest {}).await.unwrap();
+
+    let mut fingerprints = plugin
+        .driver()
+        .fingerprint(FingerprintRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let _events = plugin
+        .driver()
+        .task_events(TaskEventsRequest {})
+        .await
+        .unwrap();
+    assert_eq!(
+        next_fingerprint(&mut fingerprints).await.health,
+        HealthState::Healthy as i32
+    );
+
+    // 4. A task runner starts: schema and capabilities.
+    let schema = plugin
+        .driver()
+        .task_config_schema(TaskConfigSchemaRequest {})
+        .await
+        .unwrap();
+    assert!(schema.into_inner().spec.is_some());
+    plugin
+        .driver()
+        .capabilities(CapabilitiesRequest {})
+        .await
+        .unwrap();
 }
