@@ -61,6 +61,20 @@ struct Route {
     metrics: Arc<RouteMetrics>,
 }
 
+impl std::fmt::Debug for SplitResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes: Vec<&str> = self
+            .inner
+            .routes
+            .iter()
+            .map(|route| route.suffix.as_str())
+            .collect();
+        f.debug_struct("SplitResolver")
+            .field("routes", &routes)
+            .finish_non_exhaustive()
+    }
+}
+
 type LookupFuture = Pin<Box<dyn Future<Output = Result<Arc<Entry>, ResolveError>> + Send>>;
 type SharedLookup = Shared<LookupFuture>;
 
@@ -69,8 +83,9 @@ impl SplitResolver {
     ///
     /// # Errors
     ///
-    /// Fails when `server_timeout` is zero or hickory rejects a server configuration. An unreadable system configuration
-    /// is not an error: the route that uses it gets no servers, and a warning is logged.
+    /// Fails when `server_timeout` is zero or hickory rejects a server configuration. An
+    /// unreadable system configuration is not an error: the route that uses it gets no
+    /// servers, and a warning is logged.
     pub fn new(config: ResolverConfig) -> Result<Self, BuildError> {
         if config.server_timeout.is_zero() {
             return Err(BuildError::ZeroTimeout);

@@ -180,6 +180,14 @@ impl AddressWatch {
     }
 }
 
+impl fmt::Debug for AddressWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddressWatch")
+            .field("current", &self.current())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for AddressWatch {
     fn drop(&mut self) {
         self.task.abort();
