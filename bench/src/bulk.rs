@@ -77,7 +77,7 @@ pub fn run_bulk(
 
     if sample.bytes == 0 {
         return Err(BenchError::Stalled {
-            what: format!("bulk data from {target} to reach the backend"),
+            waiting_for: format!("bulk data from {target} to reach the backend"),
             timeout: load.duration,
         });
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::backend::Backend;
 pub use crate::error::BenchError;
-use crate::proxy_child::{Engine, install_interrupt_handler};
+use crate::proxy_child::{Engine, install_interrupt_handler, interrupted};
 use crate::report::{DIRECT_PATH, Scenario};
 use crate::runner::{Peer, Plan, Profile, run_plan};
 
@@ -41,7 +41,7 @@ pub struct BenchArgs {
     #[arg(long = "peer", value_name = "NAME=ADDR", value_parser = parse_peer)]
     pub peers: Vec<(String, SocketAddr)>,
 
-    /// PID of a --peer process, for its CPU time and its idle-kib figure; repeat the flag
+    /// PID of a --peer process, for its CPU time and its idle-kib figure. Repeat the flag
     /// for a peer with several processes, such as nginx workers.
     #[arg(long = "peer-pid", value_name = "NAME=PID", value_parser = parse_peer_pid)]
     pub peer_pids: Vec<(String, u32)>,
@@ -200,7 +200,14 @@ pub fn run(args: BenchArgs, proxy_exe: &Path) -> Result<(), BenchError> {
     };
     let load_before = load_average();
 
-    let report = run_plan(&plan, proxy_exe, &backend, &runtime)?;
+    let report = run_plan(&plan, proxy_exe, &backend, &runtime).map_err(|error| {
+        // A child stopped by Ctrl-C makes a generator fail; report the cause instead.
+        if interrupted() {
+            BenchError::Interrupted
+        } else {
+            error
+        }
+    })?;
 
     let mut stdout = std::io::stdout().lock();
     let written = if args.json {

@@ -83,7 +83,7 @@ pub async fn run_connect_rate(
     sample.failures = counters.failed.load(Ordering::Relaxed);
     if sample.connections == 0 {
         return Err(BenchError::Stalled {
-            what: format!("a connection through {target} to complete its exchange"),
+            waiting_for: format!("a connection through {target} to complete its exchange"),
             timeout: load.duration,
         });
     }

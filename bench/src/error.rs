@@ -47,8 +47,11 @@ pub enum BenchError {
 
     /// The bench backend did not reach the expected state in time, which means the path
     /// under test dropped or stalled connections.
-    #[error("timed out after {timeout:?} waiting for {what}")]
-    Stalled { what: String, timeout: Duration },
+    #[error("timed out after {timeout:?} waiting for {waiting_for}")]
+    Stalled {
+        waiting_for: String,
+        timeout: Duration,
+    },
 
     #[error("failed to start {exe}")]
     SpawnProxy {
@@ -84,6 +87,9 @@ pub enum BenchError {
         #[source]
         source: io::Error,
     },
+
+    #[error("interrupted; the styx-proxy children were stopped")]
+    Interrupted,
 
     #[error("failed to write the report")]
     Output(#[source] io::Error),

@@ -66,12 +66,12 @@ pub async fn run_idle(
     tokio::time::sleep(SETTLE_PAUSE).await;
 
     let rss_before_kib = total_rss_kib(proxy_pids)?;
-    let held = open_idle(target, connections).await?;
+    let idle_streams = open_idle(target, connections).await?;
     wait_for_idle_count(stats, connections).await?;
     tokio::time::sleep(SETTLE_PAUSE).await;
     let rss_after_kib = total_rss_kib(proxy_pids)?;
 
-    drop(held);
+    drop(idle_streams);
     wait_for_idle_count(stats, 0).await?;
 
     Ok(IdleSample {
@@ -107,7 +107,7 @@ async fn wait_for_idle_count(stats: &BackendStats, expected: usize) -> Result<()
     while stats.idle_connections() != expected {
         if Instant::now() >= deadline {
             return Err(BenchError::Stalled {
-                what: format!(
+                waiting_for: format!(
                     "the backend to have {expected} idle connections open (it has {})",
                     stats.idle_connections()
                 ),

@@ -2,8 +2,8 @@
 //!
 //! Each engine runs in its own `styx-proxy run` child, so the CPU time and memory read
 //! from its PID are the proxy's alone. A child is stopped with SIGTERM and killed after
-//! [`STOP_TIMEOUT`], on success, on error (through `Drop`) and on Ctrl-C (through the
-//! handler that [`install_interrupt_handler`] sets).
+//! [`STOP_TIMEOUT`], on success, on error (through `Drop`) and on Ctrl-C or SIGTERM
+//! (through the handler that [`install_interrupt_handler`] sets).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ const STDERR_TAIL_BYTES: u64 = 4096;
 /// list until it has been waited for, so the PID cannot have been reused when the
 /// handler signals it.
 static LIVE_CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Set once the interrupt handler runs.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Forwarding engine of a styx-proxy child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -181,7 +185,7 @@ impl ProxyChild {
             source,
         };
 
-        send_sigterm(pid);
+        send_signal(pid, rustix::process::Signal::TERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
         let result = loop {
             match child.try_wait() {
@@ -243,7 +247,7 @@ fn pick_free_loopback_port() -> std::io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
-fn send_sigterm(pid: u32) {
+fn send_signal(pid: u32, signal: rustix::process::Signal) {
     let Some(pid) = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -251,7 +255,7 @@ fn send_sigterm(pid: u32) {
         return;
     };
     // An error means the child has exited already, which the caller's wait observes.
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let _ = rustix::process::kill_process(pid, signal);
 }
 
 fn register_child(pid: u32) {
@@ -268,30 +272,29 @@ fn unregister_child(pid: u32) {
         .retain(|&live| live != pid);
 }
 
-/// Sets a Ctrl-C (SIGINT, SIGTERM) handler that stops every live child, then exits
-/// with status 130. Only the first call in a process sets it; later calls do nothing.
+/// Sets a handler for Ctrl-C (SIGINT), SIGTERM and SIGHUP that stops every live child,
+/// then exits with status 130. Only the first call in a process sets it; later calls do nothing.
+///
+/// The main thread may see a child vanish before the handler exits; it checks
+/// [`interrupted`] to report the interrupt rather than the failure it caused.
 pub fn install_interrupt_handler() {
     let result = ctrlc::set_handler(|| {
-        let pids = LIVE_CHILDREN
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        let pids = live_children();
         for &pid in &pids {
-            send_sigterm(pid);
+            send_signal(pid, rustix::process::Signal::TERM);
         }
         if !pids.is_empty() {
             thread::sleep(Duration::from_secs(1));
         }
-        for &pid in &pids {
-            if let Some(pid) = i32::try_from(pid)
-                .ok()
-                .and_then(rustix::process::Pid::from_raw)
-            {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+
+        // Read the list again: children the main thread has waited for meanwhile are gone
+        // from it, so no PID here can have been reused.
+        for pid in live_children() {
+            send_signal(pid, rustix::process::Signal::KILL);
         }
         eprintln!(
-            "styx-proxy bench: interrupted; stopped {} proxy children",
+            "styx-proxy bench: interrupted; stopped {} styx-proxy children",
             pids.len()
         );
         std::process::exit(130);
@@ -299,6 +302,18 @@ pub fn install_interrupt_handler() {
     if let Err(error) = result {
         tracing::debug!(%error, "interrupt handler not installed");
     }
+}
+
+/// Returns whether the interrupt handler has run.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn live_children() -> Vec<u32> {
+    LIVE_CHILDREN
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .clone()
 }
 
 #[cfg(test)]
