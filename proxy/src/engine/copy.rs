@@ -1,65 +1,77 @@
 //! The copy engine: read into a pooled buffer, write it all out, repeat.
 
 use std::io;
+use std::task::{Context, Poll, ready};
 
 use tokio::net::TcpStream;
 
 use super::buffers::BufferLease;
-use super::{Activity, Direction, DirectionEnd};
+use super::flow::{FlowEnd, Step, Tally};
+use super::{Side, finish};
 
-/// Runs one direction until its source sends a FIN or a side fails.
-///
-/// # Cancel safety
-/// Not cancel safe: bytes read but not yet written are lost when the future is dropped.
-pub(super) async fn run(direction: Direction<'_>) -> DirectionEnd {
-    let Direction {
-        src,
-        dst,
-        src_side,
-        mut tally,
-        activity,
-    } = direction;
-    let dst_side = src_side.other();
-    let mut buffer: Option<BufferLease> = None;
-
-    loop {
-        if let Err(error) = src.readable().await {
-            return DirectionEnd::read_failure(src_side, error);
-        }
-
-        let chunk = buffer.get_or_insert_with(BufferLease::take);
-        let read = match src.try_read(chunk) {
-            Ok(0) => return super::finish(dst, dst_side),
-            Ok(read) => read,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                // Nothing to read: give the buffer back so an idle direction holds none.
-                buffer = None;
-                continue;
-            }
-            Err(error) => return DirectionEnd::read_failure(src_side, error),
-        };
-        activity.touch();
-
-        if let Err(error) = write_all(dst, &chunk[..read], activity).await {
-            return DirectionEnd::write_failure(dst_side, error);
-        }
-        tally.add(read);
-    }
+/// Copy state of one direction: the borrowed buffer and the part of it still to write.
+#[derive(Default)]
+pub(super) struct CopyState {
+    buffer: Option<BufferLease>,
+    start: usize,
+    end: usize,
 }
 
-/// Writes all of `bytes` to `dst`, waiting for room as needed. A direction reads
-/// nothing new until this returns, which is the engine's backpressure.
-async fn write_all(dst: &TcpStream, mut bytes: &[u8], activity: &Activity) -> io::Result<()> {
-    while !bytes.is_empty() {
-        dst.writable().await?;
-        match dst.try_write(bytes) {
-            Ok(written) => {
-                bytes = &bytes[written..];
-                activity.touch();
+impl CopyState {
+    /// Writes what the buffer holds, then reads more, until both would block or the
+    /// direction ends. A direction reads again only after the destination took all it
+    /// read before, which is the engine's backpressure.
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        src_side: Side,
+        tally: &mut Tally<'_>,
+    ) -> Poll<Step> {
+        let dst_side = src_side.other();
+        loop {
+            if self.start < self.end {
+                if let Err(error) = ready!(dst.poll_write_ready(cx)) {
+                    return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
+                }
+                let buffer = self
+                    .buffer
+                    .as_deref()
+                    .expect("pending bytes sit in a buffer");
+                match dst.try_write(&buffer[self.start..self.end]) {
+                    Ok(written) => {
+                        self.start += written;
+                        tally.add(written);
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => {
+                        return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
+                    }
+                }
+                continue;
             }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(error) => return Err(error),
+
+            if let Err(error) = ready!(src.poll_read_ready(cx)) {
+                return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
+            }
+            let buffer = self.buffer.get_or_insert_with(BufferLease::take);
+            match src.try_read(buffer) {
+                Ok(0) => {
+                    self.buffer = None;
+                    return Poll::Ready(Step::End(finish(dst, dst_side)));
+                }
+                Ok(read) => {
+                    self.start = 0;
+                    self.end = read;
+                    tally.touch();
+                }
+                // Nothing to read: give the buffer back so an idle direction holds none.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.buffer = None,
+                Err(error) => {
+                    return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
+                }
+            }
         }
     }
-    Ok(())
 }

@@ -25,12 +25,15 @@ use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::task::{Context, Poll, ready};
+
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{Activity, Direction, DirectionEnd, copy};
+use super::flow::{FlowEnd, Step, Tally};
+use super::{Side, finish};
 
 /// Pipe capacity requested with F_SETPIPE_SZ. A larger pipe moves more per splice call
 /// on bulk transfers; Linux limits unprivileged requests to `/proc/sys/fs/pipe-max-size`
@@ -82,120 +85,107 @@ fn new_fds() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
-/// Runs one direction until its source sends a FIN or a side fails.
-///
-/// # Cancel safety
-/// Not cancel safe: bytes in the pipe are lost when the future is dropped (the pipe is
-/// then closed rather than pooled).
-pub(super) async fn run(direction: Direction<'_>) -> DirectionEnd {
-    if !available() {
-        return copy::run(direction).await;
-    }
-    let Direction {
-        src,
-        dst,
-        src_side,
-        mut tally,
-        activity,
-    } = direction;
-    let dst_side = src_side.other();
-    let mut lease: Option<PipeLease> = None;
-
-    loop {
-        if let Err(error) = src.readable().await {
-            return DirectionEnd::read_failure(src_side, error);
-        }
-
-        let pipe = match lease {
-            Some(ref mut pipe) => pipe,
-            None => match PipeLease::take() {
-                Ok(pipe) => lease.insert(pipe),
-                Err(error) => {
-                    tracing::debug!(%error, "Failed to create a pipe, copying instead");
-                    let direction = Direction {
-                        src,
-                        dst,
-                        src_side,
-                        tally,
-                        activity,
-                    };
-                    return copy::run(direction).await;
-                }
-            },
-        };
-
-        let filled = src.try_io(Interest::READABLE, || {
-            let pipe = pipe.pipe();
-            Ok(rustix::pipe::splice(
-                src,
-                None,
-                &pipe.write,
-                None,
-                pipe.capacity,
-                FLAGS,
-            )?)
-        });
-        let filled = match filled {
-            Ok(0) => return super::finish(dst, dst_side),
-            Ok(filled) => filled,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                // The source has no data: give the empty pipe back while waiting.
-                lease = None;
-                continue;
-            }
-            Err(error) if is_unsupported(&error) => {
-                // The pipe is empty, so falling back loses nothing.
-                drop(lease);
-                let direction = Direction {
-                    src,
-                    dst,
-                    src_side,
-                    tally,
-                    activity,
-                };
-                return copy::run(direction).await;
-            }
-            Err(error) => return DirectionEnd::read_failure(src_side, error),
-        };
-        pipe.in_pipe = filled;
-        activity.touch();
-
-        if let Err(error) = drain(pipe, dst, activity).await {
-            return DirectionEnd::write_failure(dst_side, error);
-        }
-        tally.add(filled);
-    }
+/// Splice state of one direction: the borrowed pipe, which knows how many bytes it
+/// holds.
+#[derive(Default)]
+pub(super) struct SpliceState {
+    pipe: Option<PipeLease>,
 }
 
-/// Splices everything in the pipe into `dst`, waiting for room as needed. The
-/// direction reads nothing new until this returns, which is its backpressure.
-async fn drain(lease: &mut PipeLease, dst: &TcpStream, activity: &Activity) -> io::Result<()> {
-    while lease.in_pipe > 0 {
-        dst.writable().await?;
-        let moved = dst.try_io(Interest::WRITABLE, || {
-            let pipe = lease.pipe();
-            Ok(rustix::pipe::splice(
-                &pipe.read,
-                None,
-                dst,
-                None,
-                lease.in_pipe,
-                FLAGS,
-            )?)
-        });
-        match moved {
-            // Splicing out of a non-empty pipe whose write end is open never returns 0;
-            // stop instead of spinning if a kernel ever does.
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(moved) => {
-                lease.in_pipe -= moved;
-                activity.touch();
+impl SpliceState {
+    /// Drains the pipe into `dst`, then fills it from `src` again, until both would
+    /// block or the direction ends. The pipe is filled only when empty, which is the
+    /// engine's backpressure and what makes each EAGAIN unambiguous.
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        src_side: Side,
+        tally: &mut Tally<'_>,
+    ) -> Poll<Step> {
+        let dst_side = src_side.other();
+        loop {
+            if let Some(lease) = self.pipe.as_mut().filter(|lease| lease.in_pipe > 0) {
+                if let Err(error) = ready!(dst.poll_write_ready(cx)) {
+                    return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
+                }
+                let moved = dst.try_io(Interest::WRITABLE, || {
+                    let pipe = lease.pipe();
+                    Ok(rustix::pipe::splice(
+                        &pipe.read,
+                        None,
+                        dst,
+                        None,
+                        lease.in_pipe,
+                        FLAGS,
+                    )?)
+                });
+                match moved {
+                    // Splicing out of a non-empty pipe whose write end is open never
+                    // returns 0; stop instead of spinning if a kernel ever does.
+                    Ok(0) => {
+                        let error = io::ErrorKind::WriteZero.into();
+                        return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
+                    }
+                    Ok(moved) => {
+                        lease.in_pipe -= moved;
+                        tally.add(moved);
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => {
+                        return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
+                    }
+                }
+                continue;
             }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(error) => return Err(error),
+
+            if let Err(error) = ready!(src.poll_read_ready(cx)) {
+                return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
+            }
+            let lease = match self.pipe {
+                Some(ref mut lease) => lease,
+                None => match PipeLease::take() {
+                    Ok(lease) => self.pipe.insert(lease),
+                    Err(error) => {
+                        tracing::debug!(%error, "Failed to create a pipe, copying instead");
+                        return Poll::Ready(Step::FallBack);
+                    }
+                },
+            };
+            let filled = src.try_io(Interest::READABLE, || {
+                let pipe = lease.pipe();
+                Ok(rustix::pipe::splice(
+                    src,
+                    None,
+                    &pipe.write,
+                    None,
+                    pipe.capacity,
+                    FLAGS,
+                )?)
+            });
+            match filled {
+                Ok(0) => {
+                    self.pipe = None;
+                    return Poll::Ready(Step::End(finish(dst, dst_side)));
+                }
+                Ok(filled) => {
+                    lease.in_pipe = filled;
+                    tally.touch();
+                }
+                // The source has no data: give the empty pipe back while waiting.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.pipe = None,
+                // The pipe is empty, so falling back loses nothing.
+                Err(error) if is_unsupported(&error) => {
+                    self.pipe = None;
+                    return Poll::Ready(Step::FallBack);
+                }
+                Err(error) => {
+                    return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
+                }
+            }
         }
     }
-    Ok(())
 }
 
 /// Returns whether a splice error means "this cannot splice" rather than a socket
