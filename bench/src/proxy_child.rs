@@ -94,6 +94,8 @@ impl ProxyChild {
 
         let child = Command::new(proxy_exe)
             .args(proxy_argv(engine, listen, upstream))
+            // Plain log lines, so the stderr quoted on an early exit has no colour codes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
