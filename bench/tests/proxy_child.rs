@@ -64,12 +64,29 @@ fn python_available() -> bool {
     found
 }
 
-fn write_stub(directory: &Path) -> PathBuf {
-    let path = directory.join("stub-styx-proxy");
-    std::fs::write(&path, STUB_PROXY).expect("write the stub script");
+fn write_script(directory: &Path, name: &str, text: &str) -> PathBuf {
+    let path = directory.join(name);
+    std::fs::write(&path, text).expect("write the script");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
-        .expect("make the stub executable");
+        .expect("make the script executable");
     path
+}
+
+fn write_stub(directory: &Path) -> PathBuf {
+    write_script(directory, "stub-styx-proxy", STUB_PROXY)
+}
+
+#[derive(Parser)]
+struct BenchCommand {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+fn parse_bench_args(flags: &[&str]) -> BenchArgs {
+    let argv = std::iter::once("bench").chain(flags.iter().copied());
+    BenchCommand::try_parse_from(argv)
+        .expect("flags parse")
+        .bench
 }
 
 #[test]
@@ -127,13 +144,7 @@ fn cli_run_prints_json() {
     let directory = tempfile::tempdir().expect("temp dir");
     let stub = write_stub(directory.path());
 
-    #[derive(Parser)]
-    struct Command {
-        #[command(flatten)]
-        bench: BenchArgs,
-    }
-    let args = Command::try_parse_from([
-        "bench",
+    let args = parse_bench_args(&[
         "--quick",
         "--json",
         "--backend",
@@ -142,9 +153,7 @@ fn cli_run_prints_json() {
         "rr-p50",
         "--engines",
         "copy",
-    ])
-    .expect("flags parse")
-    .bench;
+    ]);
 
     run(args, &stub).expect("a bench run through the stub succeeds");
 }
@@ -152,29 +161,18 @@ fn cli_run_prints_json() {
 #[test]
 fn cli_run_failing_proxy_errors() {
     let directory = tempfile::tempdir().expect("temp dir");
-    let script = directory.path().join("broken-styx-proxy");
-    std::fs::write(
-        &script,
+    let script = write_script(
+        directory.path(),
+        "broken-styx-proxy",
         "#!/bin/sh\necho 'unknown flag --engine' >&2\nexit 2\n",
-    )
-    .expect("write script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-
-    #[derive(Parser)]
-    struct Command {
-        #[command(flatten)]
-        bench: BenchArgs,
-    }
-    let args = Command::try_parse_from([
-        "bench",
+    );
+    let args = parse_bench_args(&[
         "--quick",
         "--backend",
         "127.0.0.1:0",
         "--scenario",
         "bulk-1",
-    ])
-    .expect("flags parse")
-    .bench;
+    ]);
 
     let error = run(args, &script).expect_err("a proxy that exits cannot be measured");
     let message = error.to_string();
