@@ -181,8 +181,20 @@ peer_args=(
 )
 # socat forks one process per connection, so its main PID shows neither the CPU nor the
 # memory of the forwarding: socat is given no --peer-pid and gets no such figures.
-# nginx's work happens in its workers, so they are the processes to watch.
-for worker in $(pgrep -P "$nginx_pid"); do
+# nginx's work happens in its workers, so they are the processes to watch. The master
+# listens before it forks them, so they may not exist yet when the port accepts.
+nginx_workers=""
+for _ in $(seq 50); do
+    nginx_workers="$(pgrep -P "$nginx_pid" || true)"
+    [[ -n "$nginx_workers" ]] && break
+    sleep 0.1
+done
+if [[ -z "$nginx_workers" ]]; then
+    log "nginx started no worker within 5 s; its log:"
+    cat "$work_dir/nginx.log" "$work_dir/nginx-error.log" >&2 || true
+    exit 1
+fi
+for worker in $nginx_workers; do
     peer_args+=(--peer-pid "nginx=${worker}")
 done
 
