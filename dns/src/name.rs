@@ -232,4 +232,38 @@ mod tests {
         assert_eq!(suffix.as_str(), "ts.net");
         assert_eq!(suffix.label_count(), 2);
     }
+
+    /// Random strings over an alphabet of name characters and troublemakers: parsing never
+    /// panics, and whatever parses is a name whose text form parses to itself.
+    #[test]
+    fn parse_name_random_inputs() {
+        const ALPHABET: &[u8] = b"abcZ09-_...abc:\xe9";
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let len = (next() % 12) as usize;
+            let input: String = (0..len)
+                .map(|_| char::from(ALPHABET[(next() % ALPHABET.len() as u64) as usize]))
+                .collect();
+
+            let Ok(name) = parse_name(&input) else {
+                continue;
+            };
+            parsed += 1;
+            let text = name.to_ascii();
+            assert_eq!(parse_name(&text).as_ref(), Ok(&name), "{input:?}");
+            assert!(text.ends_with('.'), "{input:?} -> {text:?}");
+
+            let suffix: Suffix = input.parse().expect("a valid name is a valid suffix");
+            assert!(suffix.contains(&name), "{input:?}");
+        }
+        assert!(parsed > 1000, "only {parsed} inputs were valid names");
+    }
 }
