@@ -19,6 +19,26 @@
 //! - [`metrics`]: metric names.
 //! - [`watch`]: [`UpstreamName`] and the address watcher the proxy forwards through.
 //! - [`cli`]: the `resolve` subcommand.
+//!
+//! Use from the proxy, with the default routes and one `--dns` override:
+//!
+//! ```no_run
+//! use styx_dns::{AddressWatch, ResolverConfig, SplitResolver, UpstreamName};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = ResolverConfig::default();
+//! config.apply_override("consul=127.0.0.1:8600".parse()?);
+//! let resolver = SplitResolver::new(config)?;
+//!
+//! let upstream: UpstreamName = "srv:web.service.consul".parse()?;
+//! let watch = AddressWatch::spawn(resolver, upstream);
+//! watch.ready().await;
+//! if let Some(addr) = watch.next_addr() {
+//!     println!("connect to {addr}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod answer;
