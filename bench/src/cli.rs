@@ -216,9 +216,11 @@ pub fn run(args: BenchArgs, proxy_exe: &Path) -> Result<(), BenchError> {
         writeln!(stdout, "{}", report.to_table())
             .and_then(|()| write_footer(&mut stdout, &plan, load_before))
     };
-    written
-        .and_then(|()| stdout.flush())
-        .map_err(BenchError::Output)
+    match written.and_then(|()| stdout.flush()) {
+        // A reader that stopped early (`| head`) is not a failed run.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.map_err(BenchError::Output),
+    }
 }
 
 fn write_footer(

@@ -243,7 +243,7 @@ pub fn proxy_argv(engine: Engine, listen: SocketAddr, upstream: SocketAddr) -> V
 
 /// Binds port 0 on 127.0.0.1 and releases it.
 ///
-/// NOTE: another process may take the port between the release and the child's bind; the
+/// NOTE: another process may take the port between the release and the child's bind. The
 /// child then exits with an address-in-use error, which [`ProxyChild::start`] reports.
 fn pick_free_loopback_port() -> std::io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()

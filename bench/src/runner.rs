@@ -57,8 +57,8 @@ impl Profile {
 pub struct Peer {
     pub name: String,
     pub addr: SocketAddr,
-    /// Processes whose CPU time and memory count as the peer's (for example every nginx
-    /// worker); with none the peer gets no CPU figure and no idle-kib figure.
+    /// Processes whose CPU time and memory count as the peer's, for example every nginx
+    /// worker. A peer without any gets no CPU figure and no idle-kib figure.
     pub pids: Vec<u32>,
 }
 
