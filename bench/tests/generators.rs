@@ -277,3 +277,47 @@ fn runner_selected_scenarios_only() {
     assert_eq!(report.measurements.len(), 1);
     assert_eq!(report.measurements[0].scenario, Scenario::RrP99);
 }
+
+/// A path that changes the data must fail the request/response run, not count as fast.
+#[test]
+fn request_response_rejects_altered_echo() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+
+        let (mut stream, _) = listener.accept().expect("accept the generator");
+        let mut buffer = [0u8; 4096];
+        let mut header_seen = false;
+        while let Ok(read) = stream.read(&mut buffer) {
+            if read == 0 {
+                break;
+            }
+            // Skip the mode header, then echo every byte plus one.
+            let start = usize::from(!header_seen);
+            header_seen = true;
+            let altered: Vec<u8> = buffer[start..read]
+                .iter()
+                .map(|byte| byte.wrapping_add(1))
+                .collect();
+            if stream.write_all(&altered).is_err() {
+                break;
+            }
+        }
+    });
+
+    let load = RequestLoad {
+        warmup: TINY_WARMUP,
+        duration: TINY,
+    };
+    let mut probe = CpuProbe::new(Vec::new());
+    let error =
+        run_request_response(addr, &load, &mut probe).expect_err("altered echo is rejected");
+    assert!(error.to_string().contains("request/response"), "{error}");
+    let source = std::error::Error::source(&error)
+        .expect("an I/O source")
+        .to_string();
+    assert!(source.contains("differs from the request"), "{source}");
+
+    server.join().expect("server thread");
+}
