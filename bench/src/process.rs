@@ -2,7 +2,10 @@
 //! open and close around their measurement window.
 //!
 //! On Linux both come from `/proc/PID/stat` and `/proc/PID/status`. Elsewhere (macOS) they
-//! come from `ps -o cputime=,rss=`, whose CPU time has a resolution of 10 ms at best.
+//! come from `ps -o cputime=` and `ps -o rss=`.
+//!
+//! NOTE: the `ps` path has been neither built nor run on macOS yet; only its parser is
+//! tested, on Linux.
 
 use std::io;
 use std::time::Instant;
