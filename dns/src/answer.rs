@@ -22,7 +22,7 @@ impl QueryType {
     /// All types, in the order of [`Self::index`].
     pub const ALL: [Self; 3] = [Self::A, Self::Aaaa, Self::Srv];
 
-    /// Value of the `type` metrics label, and the name used in messages.
+    /// Returns the value of the `type` metrics label, which messages use too.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::A => "A",
@@ -120,7 +120,8 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) enum EntryData {
     Ips(Vec<IpAddr>),
-    /// SRV records with glue addresses; `target_name` keeps the target for look-ups.
+    /// SRV records with their glue addresses, each with its target as a [`Name`] for looking up
+    /// targets that came without glue.
     Srv(Vec<(SrvRecord, Name)>),
     NxDomain,
     NoRecords,
@@ -135,7 +136,7 @@ pub(crate) enum Response {
     },
     Negative {
         nxdomain: bool,
-        /// TTL of the negative answer from the SOA (RFC 2308), when the server sent one.
+        /// TTL of the negative answer from the SOA, when the server sent one.
         soa_ttl: Option<u32>,
     },
 }
@@ -155,8 +156,8 @@ impl TtlPolicy {
     }
 
     fn negative(&self, soa_ttl: Option<u32>) -> Duration {
-        // Without an SOA, RFC 2308 says the answer should not be cached, so it gets the floor,
-        // which still stops a burst of queries for a missing name.
+        // A negative answer without an SOA carries no TTL, so it gets only the floor, which
+        // still stops a burst of queries for a missing name.
         let ttl = Duration::from_secs(u64::from(soa_ttl.unwrap_or(0)));
         ttl.max(self.floor).min(self.max_negative)
     }
@@ -206,7 +207,7 @@ fn ips_of(records: &[Record], owner: Option<&Name>) -> Option<EntryData> {
     (!addrs.is_empty()).then_some(EntryData::Ips(addrs))
 }
 
-/// Addresses in `records`, of any owner or only of `owner`.
+/// Collects the addresses in `records`, of any owner or only of `owner`.
 fn addresses(records: &[Record], owner: Option<&Name>) -> Vec<IpAddr> {
     records
         .iter()
@@ -245,7 +246,7 @@ fn srv_of(answers: &[Record], additionals: &[Record]) -> Option<EntryData> {
     Some(EntryData::Srv(records))
 }
 
-/// Text form of a name without the trailing dot.
+/// Formats a name without the trailing dot.
 pub(crate) fn display_name(name: &Name) -> String {
     let mut text = name.to_ascii();
     if text.len() > 1 && text.ends_with('.') {

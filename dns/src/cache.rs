@@ -52,8 +52,8 @@ impl Cache {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if entries.len() >= self.capacity && !entries.contains_key(&key) {
             entries.retain(|_, entry| entry.valid_until > now);
-            // NOTE: evicting an arbitrary entry is crude; an LRU would keep hot names. A proxy
-            // resolves a handful of names, so the default capacity is rarely reached.
+            // NOTE: evicting an arbitrary entry is crude, and an LRU would keep hot names. A proxy
+            // usually resolves far fewer names than the default capacity.
             if entries.len() >= self.capacity {
                 let victim = entries.keys().next().cloned();
                 if let Some(victim) = victim {

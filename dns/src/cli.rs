@@ -22,8 +22,8 @@ pub struct ResolveArgs {
     #[arg(long = "type", value_enum, default_value_t = QueryType::A)]
     pub query_type: QueryType,
 
-    /// Send names under SUFFIX to these servers instead of the route's defaults
-    /// (SUFFIX=IP:PORT[,IP:PORT...]; `.` for all other names). Repeatable.
+    /// Send names under SUFFIX to these servers instead of the route's defaults, given as
+    /// SUFFIX=IP:PORT[,IP:PORT...]. The suffix `.` covers all other names. Repeatable.
     #[arg(long = "dns", value_name = "SUFFIX=IP:PORT[,IP:PORT...]")]
     pub dns: Vec<RouteOverride>,
 
@@ -57,15 +57,16 @@ struct JsonOutput<'a> {
     records: Option<&'a [SrvRecord]>,
 }
 
-/// Looks up `args.name` and returns the output: one record per line (the address; for SRV
-/// `priority weight port target` and then the target's addresses), or one JSON object with
-/// `--json`. The output ends with a newline.
+/// Looks up `args.name` and returns the text to print, ending with a newline.
+///
+/// Each record gets one line. An A or AAAA line is the address. An SRV line is
+/// `priority weight port target` followed by the target's addresses. With `--json` the output
+/// is one JSON object instead.
 ///
 /// # Errors
 ///
 /// Returns an error naming the name when it does not exist, has no records of the type, or
-/// no upstream server answered, and when the resolver cannot be built (system DNS
-/// configuration unreadable).
+/// no upstream server answered. Also fails when the resolver cannot be built.
 pub async fn run(args: &ResolveArgs) -> Result<String, RunError> {
     let mut config = ResolverConfig {
         server_timeout: Duration::from_millis(args.timeout_ms),

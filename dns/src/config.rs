@@ -29,7 +29,7 @@ pub enum Servers {
 /// One route: names under `suffix` go to `servers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
-    /// Domain suffix this route serves; the longest matching suffix wins.
+    /// Domain suffix this route serves. The longest matching suffix wins.
     pub suffix: Suffix,
     /// Upstream servers of this route.
     pub servers: Servers,

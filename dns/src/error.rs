@@ -34,7 +34,7 @@ impl UpstreamErrorKind {
         Self::Protocol,
     ];
 
-    /// Value of the `kind` label of [`crate::metrics::UPSTREAM_ERRORS_TOTAL`].
+    /// Returns the value of the `kind` label of [`crate::metrics::UPSTREAM_ERRORS_TOTAL`].
     pub fn as_metrics_label(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",

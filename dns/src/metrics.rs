@@ -14,10 +14,10 @@ use crate::error::UpstreamErrorKind;
 pub const QUERIES_TOTAL: &str = "styx_dns_queries_total";
 /// Lookups answered from the cache, by `route` and `type`.
 pub const CACHE_HITS_TOTAL: &str = "styx_dns_cache_hits_total";
-/// Lookups not in the cache, by `route` and `type`; concurrent identical misses share one
+/// Lookups not in the cache, by `route` and `type`. Concurrent identical misses share one
 /// upstream request.
 pub const CACHE_MISSES_TOTAL: &str = "styx_dns_cache_misses_total";
-/// Queries sent to upstream servers, by `route`; hedged queries count once per server.
+/// Queries sent to upstream servers, by `route`. A hedged lookup counts once per server asked.
 pub const UPSTREAM_QUERIES_TOTAL: &str = "styx_dns_upstream_queries_total";
 /// Upstream servers that gave no usable answer, by `route` and `kind`.
 pub const UPSTREAM_ERRORS_TOTAL: &str = "styx_dns_upstream_errors_total";

@@ -142,14 +142,14 @@ impl SplitResolver {
         })
     }
 
-    /// Suffix of the route that serves `name`, or `None` when no route matches (only possible
+    /// Returns the suffix of the route that serves `name`, or `None` when no route matches (only possible
     /// when the configuration has no `.` route).
     pub fn route_of(&self, name: &str) -> Result<Option<&Suffix>, ResolveError> {
         let name = parse_name(name)?;
         Ok(self.inner.route(&name).map(|route| &route.suffix))
     }
 
-    /// Servers of the route that serves `name`.
+    /// Returns the servers of the route that serves `name`.
     pub fn servers_of(&self, name: &str) -> Result<Vec<SocketAddr>, ResolveError> {
         let name = parse_name(name)?;
         Ok(self
@@ -404,7 +404,7 @@ fn negative_error(data: &EntryData, name: &Name, query_type: QueryType) -> Resol
     }
 }
 
-/// Name servers of the operating system's configuration, with their ports.
+/// Reads the name servers of the operating system's configuration, with their ports.
 fn system_servers() -> Result<Vec<SocketAddr>, String> {
     let (config, _options) =
         hickory_resolver::system_conf::read_system_conf().map_err(|error| error.to_string())?;

@@ -142,7 +142,7 @@ impl ServerSet {
         }
     }
 
-    /// Servers in the order to ask them: healthy ones in configured order, then demoted ones
+    /// Returns the servers in the order to ask them: healthy ones in configured order, then demoted ones
     /// by the end of their demotion.
     fn order(&self, now: Instant) -> Vec<Arc<Server>> {
         let mut order: Vec<(Option<Instant>, usize)> = self

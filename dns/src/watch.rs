@@ -269,8 +269,8 @@ async fn resolve(
         }
         UpstreamName::Srv { name } => {
             let found = resolver.lookup_srv(name).await?;
-            // Records come sorted by priority; use the lowest priority that has addresses.
-            // NOTE: SRV weights are not applied; connections spread evenly over the group.
+            // Records come sorted by priority, and the lowest priority that has addresses is used.
+            // NOTE: SRV weights are not applied, so connections spread evenly over the group.
             let best = found
                 .records
                 .iter()
