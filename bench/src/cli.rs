@@ -19,10 +19,15 @@ const SPARE_FILE_DESCRIPTORS: u64 = 1024;
 /// Options of `styx-proxy bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Run one 1-second sample per path (under 30 s) instead of the median of three
-    /// 2-second samples.
+    /// Take 1-second samples in one round (under 30 s) instead of 2-second samples in
+    /// three rounds.
     #[arg(long)]
     pub quick: bool,
+
+    /// Samples per path and scenario, whose median is reported [default: 1 with --quick,
+    /// else 3]. More rounds steady the figures on a busy machine.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: Option<u32>,
 
     /// Print the results as JSON instead of a table.
     #[arg(long)]
@@ -106,15 +111,20 @@ impl BenchArgs {
             .filter(|engine| seen.insert(*engine))
             .collect();
 
+        let mut profile = if self.quick {
+            Profile::QUICK
+        } else {
+            Profile::STANDARD
+        };
+        if let Some(rounds) = self.rounds {
+            profile.rounds = rounds as usize;
+        }
+
         Ok(Plan {
             scenarios,
             engines,
             peers,
-            profile: if self.quick {
-                Profile::QUICK
-            } else {
-                Profile::STANDARD
-            },
+            profile,
             idle_connections: self.idle_connections as usize,
             connect_clients: self.connect_clients as usize,
         })
@@ -228,7 +238,7 @@ fn write_footer(
     plan: &Plan,
     load_before: Option<String>,
 ) -> std::io::Result<()> {
-    let profile = if plan.profile == Profile::QUICK {
+    let profile = if plan.profile.window == Profile::QUICK.window {
         "quick"
     } else {
         "standard"
@@ -321,6 +331,17 @@ mod tests {
         let scenarios: Vec<Scenario> = plan.scenarios.into_iter().collect();
         assert_eq!(scenarios, [Scenario::Bulk8, Scenario::RrP99]);
         assert_eq!(plan.profile, Profile::QUICK);
+    }
+
+    #[test]
+    fn rounds_override_profile() {
+        let plan = parse(&["--quick", "--rounds", "5"])
+            .unwrap()
+            .to_plan()
+            .unwrap();
+        assert_eq!(plan.profile.rounds, 5);
+        assert_eq!(plan.profile.window, Profile::QUICK.window);
+        assert!(parse(&["--rounds", "0"]).is_err());
     }
 
     #[test]
