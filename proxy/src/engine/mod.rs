@@ -234,6 +234,9 @@ async fn drive(
             return Poll::Ready(Close::CutOff);
         }
 
+        // Each direction stops on its own when tokio's cooperative budget runs out, so
+        // alternating which one goes first keeps a busy direction from starving the other.
+        flows.swap(0, 1);
         let mut moved = false;
         for (flow, src, dst) in &mut flows {
             if flow.is_finished() {
