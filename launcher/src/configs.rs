@@ -68,12 +68,13 @@ pub fn nomad(state: &NodeState, layout: &Layout, keys: &GossipKeys) -> String {
     }
 
     let servers: Vec<String> = vec![format!("{}:{}", state.server_ip, ports::NOMAD_RPC)];
-    // Nomad fingerprints the interface named here for port allocation. The go-sockaddr
-    // template picks the interface that carries the Tailscale address, because its utun
-    // number changes between Macs.
+    // Nomad fingerprints the interface named here for port allocation. The interface is
+    // chosen by address, because the utun number of Tailscale's interface changes
+    // between Macs: go-sockaddr's `include "network"` keeps the interfaces whose address
+    // lies in the given CIDR block.
     // NOTE: this template has not been run against a real Nomad agent.
     let interface =
-        format!("{{{{ GetAllInterfaces | include \"address\" \"^{ip}$\" | attr \"name\" }}}}");
+        format!("{{{{ GetAllInterfaces | include \"network\" \"{ip}/32\" | attr \"name\" }}}}");
     body = body.add_block(
         Block::builder("client")
             .add_attribute(("enabled", true))
