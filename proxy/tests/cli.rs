@@ -214,3 +214,113 @@ async fn run_child_forwards_and_stops_on_sigterm() {
     );
     assert!(stderr.contains("Drain finished"), "stderr: {stderr}");
 }
+
+/// Fetches the metrics page of a child proxy.
+async fn scrape_child(metrics: std::net::SocketAddr) -> Vec<Sample> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(metrics).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    within("the child's metrics", stream.read_to_string(&mut response))
+        .await
+        .unwrap();
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .expect("response has a body");
+    parse_samples(body)
+}
+
+/// With its open file limit at 40, the proxy runs out of descriptors: failed accepts
+/// are counted and backed off (a few per second, not a busy loop), and service resumes
+/// once clients leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_backs_off_and_recovers() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let upstream = spawn_echo().await;
+    let listen = closed_port();
+    let metrics = closed_port();
+    let child = tokio::process::Command::new("prlimit")
+        .args([
+            "--nofile=40:40",
+            "--",
+            env!("CARGO_BIN_EXE_styx-proxy"),
+            "run",
+        ])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--upstream",
+            &upstream.to_string(),
+        ])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit starts");
+    wait_listening(metrics).await;
+
+    // More clients than 40 descriptors can serve; the kernel completes every handshake.
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(TcpStream::connect(listen).await.unwrap());
+    }
+    // The metrics endpoint cannot accept either while descriptors are exhausted, so
+    // the failures are read after recovery.
+    let exhausted = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    drop(clients);
+    let mut client = within("a connection after recovery", async {
+        loop {
+            let mut client = TcpStream::connect(listen).await.unwrap();
+            use tokio::io::AsyncWriteExt;
+            if client.write_all(b"x").await.is_ok() {
+                let mut byte = [0u8; 1];
+                use tokio::io::AsyncReadExt;
+                if matches!(client.read(&mut byte).await, Ok(1)) {
+                    return client;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    round_trip(&mut client, b"recovered").await;
+    drop(client);
+    let seconds = exhausted.elapsed().as_secs_f64();
+
+    let samples = scrape_child(metrics).await;
+    let fd_limit = [("reason", "fd_limit")];
+    let failures = value(
+        &samples,
+        styx_proxy::metrics::ACCEPT_ERRORS_TOTAL,
+        &fd_limit,
+    )
+    .unwrap_or(0.0);
+    assert!(failures >= 1.0, "no accept failed with EMFILE");
+    // The backoff starts at 5 ms and doubles up to 1 s, so a few seconds hold a dozen
+    // retries or so; a loop without backoff would fail thousands of times.
+    assert!(
+        failures <= 10.0 + 2.0 * seconds,
+        "{failures} failed accepts in {seconds:.1} s"
+    );
+
+    let pid = rustix::process::Pid::from_raw(child.id().expect("child is running") as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let output = within("the child to exit", child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
