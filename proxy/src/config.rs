@@ -49,7 +49,7 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 30;
 pub const DEFAULT_PRECONNECT_MAX_IDLE_S: u64 = 30;
 /// Largest pre-connect pool per listener.
 pub const MAX_PRECONNECT: usize = 1_000;
-/// Longest listener name, which is also a metrics label value.
+/// Maximum length of a listener name, which is also a metrics label value.
 pub const MAX_NAME_LEN: usize = 64;
 
 /// The engine requested by the user, before the platform probe.
@@ -128,7 +128,7 @@ impl ListenerConfig {
 pub struct ProxyConfig {
     /// The listeners, each with its own upstreams and options.
     pub listeners: Vec<ListenerConfig>,
-    /// Where Prometheus metrics are served; `None` serves nothing.
+    /// Address of the Prometheus metrics endpoint; `None` serves no metrics.
     pub metrics_listen: Option<SocketAddr>,
     /// How long a shutdown waits for open connections before resetting them.
     pub drain_timeout: Duration,
@@ -182,7 +182,7 @@ impl ProxyConfig {
                     format!("{:?} is used twice", listener.name),
                 );
             }
-            // Port 0 asks the kernel for a free port, so two such listeners do not clash.
+            // With port 0 the kernel picks a free port, so two such listeners do not clash.
             if listener.listen.port() != 0 && !addrs.insert(listener.listen) {
                 return invalid(
                     "listen",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-/// Why an upstream connection could not be opened.
+/// Failure to open an upstream connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The listener's upstream set has no address to try.

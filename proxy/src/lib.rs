@@ -1,10 +1,10 @@
 //! Styx data plane: TCP listeners that forward each accepted connection to an upstream.
 //!
-//! A connection is accepted under a per-listener connection limit, gets an upstream
-//! socket (from the pre-connect pool or a fresh connect with a timeout), optionally
-//! sends a PROXY protocol header, and is then forwarded by one of two engines until
-//! both directions have finished, one side resets, the idle timeout fires, or a
-//! shutdown drain runs out of time.
+//! A connection is accepted under a per-listener connection limit. It gets an upstream
+//! socket from the pre-connect pool or from a fresh connect with a timeout, and
+//! optionally a PROXY protocol header is sent first. One of two engines then forwards
+//! it until both directions have finished, one side resets, the idle timeout fires,
+//! or a shutdown drain runs out of time.
 //!
 //! Layout:
 //! - [`config`]: validated listener and proxy settings, and the TOML file format.

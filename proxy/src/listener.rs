@@ -33,7 +33,7 @@ use crate::upstream::{StaticUpstreams, Upstream};
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// What every connection of one listener shares.
+/// State that every connection of one listener shares.
 #[derive(Debug)]
 pub(crate) struct ListenerShared {
     pub(crate) name: String,

@@ -51,7 +51,7 @@ pub const CONNECT_DURATION_BUCKETS: [f64; 14] = [
     10.0,
 ];
 
-/// How a connection ended, the `result` label of [`CONNECTIONS_TOTAL`].
+/// The way a connection ended: the `result` label of [`CONNECTIONS_TOTAL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionResult {
     /// Both directions finished with a FIN.

@@ -2,13 +2,13 @@
 //!
 //! A TCP stream cannot be shared between clients, so each pooled connection is handed
 //! to exactly one client and never returns. Before it is handed out, a non-blocking
-//! peek checks that the upstream has not closed or reset it; connections that fail the
+//! peek checks that the upstream has not closed or reset it. Connections that fail the
 //! check, or sat unused longer than the maximum idle time, are discarded. A background
 //! task refills the pool after each take and replaces expired connections, backing off
-//! while the upstream refuses.
+//! while the upstream rejects connects.
 //!
 //! A pooled connection carries no PROXY protocol header, because the client is not
-//! known when it is opened; the listener sends the header after taking it.
+//! known when it is opened. The listener sends the header after taking it.
 //!
 //! TODO: when the upstream set starts to change (name-based upstreams), drop pooled
 //! connections to addresses that left the set; today they live until they expire.
@@ -134,7 +134,7 @@ impl Pool {
         self.lock().clear();
     }
 
-    /// Opens connections until the pool holds `size`. Returns `Err` after the first
+    /// Opens connections until the pool contains `size`. Returns `Err` after the first
     /// failed connect (already counted and logged) or when there is no address.
     async fn fill(&self, stop: &CancellationToken) -> Result<(), ()> {
         while self.ready_count() < self.settings.size {

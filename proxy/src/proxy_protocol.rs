@@ -1,6 +1,6 @@
 //! PROXY protocol headers (version 1 text, version 2 binary) sent to the upstream.
 //!
-//! The header tells the upstream the client's address and the address the client
+//! The header gives the upstream the client's address and the address the client
 //! connected to, because the upstream otherwise sees only the proxy. It is written once,
 //! before any client byte. This module only encodes headers: it never parses them,
 //! and it sends only the PROXY command for TCP over IPv4 or IPv6.

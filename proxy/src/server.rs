@@ -3,7 +3,7 @@
 //! Shutdown runs in two phases. When the shutdown token is cancelled, every listener
 //! stops accepting and closes its socket, so new clients are refused, and the
 //! pre-connect pools close. Open connections then have the drain timeout to finish on
-//! their own; those still open when it expires are reset, and their count is logged
+//! their own. Those still open when it expires are reset, and their count is logged
 //! and returned.
 
 use std::io;
@@ -33,7 +33,7 @@ pub struct BindError {
     source: io::Error,
 }
 
-/// What the drain found.
+/// Connection counts of one drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainReport {
     /// Connections open when shutdown started.

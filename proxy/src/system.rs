@@ -47,7 +47,7 @@ pub fn open_fds() -> Option<usize> {
     } else {
         "/dev/fd"
     };
-    // The listing itself holds one descriptor while it runs.
+    // The listing itself uses one descriptor while it runs.
     std::fs::read_dir(dir)
         .ok()
         .map(|entries| entries.count().saturating_sub(1))

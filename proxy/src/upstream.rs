@@ -1,6 +1,6 @@
 //! Upstream selection: which address a listener connects to for the next client.
 //!
-//! A listener holds an [`Upstream`] behind a trait object, so the static address list
+//! A listener keeps its [`Upstream`] behind a trait object, so the static address list
 //! used today can later be replaced by a set that a resolver keeps up to date without
 //! touching the accept loop or the pool. Selection is synchronous and cheap: a resolved
 //! set refreshes itself in the background and `pick` only reads its current snapshot.

@@ -306,8 +306,8 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     )
     .unwrap_or(0.0);
     assert!(failures >= 1.0, "no accept failed with EMFILE");
-    // The backoff starts at 5 ms and doubles up to 1 s, so a few seconds hold a dozen
-    // retries or so; a loop without backoff would fail thousands of times.
+    // The backoff starts at 5 ms and doubles up to 1 s, so a few seconds allow about a
+    // dozen retries. A loop without backoff would fail thousands of times.
     assert!(
         failures <= 10.0 + 2.0 * seconds,
         "{failures} failed accepts in {seconds:.1} s"

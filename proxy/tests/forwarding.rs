@@ -111,8 +111,8 @@ async fn bulk_both_ways_byte_exact(engine: EngineChoice, name: &str) {
     proxy.stop().await;
 }
 
-/// The client sends a request and shuts down writing; the upstream answers only after
-/// that FIN, and the whole answer must still reach the client.
+/// Checks that when the client sends a request and shuts down writing, the whole
+/// response, which the upstream sends only after that FIN, reaches the client.
 async fn client_half_close_gets_full_response(engine: EngineChoice, name: &str) {
     let upstream = spawn_upstream(|mut stream| async move {
         let mut request = Vec::new();
@@ -250,7 +250,7 @@ async fn upstream_reset_reaches_client(engine: EngineChoice, name: &str) {
     proxy.stop().await;
 }
 
-/// A refused upstream connect resets the client at once and is counted.
+/// Checks that a refused upstream connect resets the client at once and is counted.
 async fn refused_upstream_closes_client(engine: EngineChoice, name: &str) {
     let proxy = Proxy::start(listener(name, closed_port(), engine)).await;
 
@@ -313,7 +313,8 @@ async fn connection_limit_holds_extra_client(engine: EngineChoice, name: &str) {
     proxy.stop().await;
 }
 
-/// A connection with no traffic is closed after the idle timeout and counted.
+/// Checks that a connection with no traffic is closed after the idle timeout and
+/// counted.
 async fn idle_connection_closed(engine: EngineChoice, name: &str) {
     let upstream = spawn_echo().await;
     let mut config = listener(name, upstream, engine);
@@ -374,7 +375,7 @@ async fn drain_lets_open_connection_finish(engine: EngineChoice, name: &str) {
     proxy.stop().await;
 }
 
-/// A connection still open at the drain deadline is reset and reported.
+/// Checks that a connection still open at the drain deadline is reset and reported.
 async fn drain_deadline_resets_connection(engine: EngineChoice, name: &str) {
     let upstream = spawn_echo().await;
     let mut config = listener(name, upstream, engine);
@@ -480,8 +481,8 @@ async fn spawn_header_upstream(
     (upstream, header_rx)
 }
 
-/// The upstream receives a v1 line naming the client and the proxy address before
-/// any client byte.
+/// Checks that the upstream receives a v1 line naming the client and the proxy address
+/// before any client byte.
 async fn proxy_protocol_v1_header(engine: EngineChoice, name: &str) {
     let client_socket = tokio::net::TcpSocket::new_v4().unwrap();
     client_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -522,8 +523,8 @@ async fn proxy_protocol_v1_header(engine: EngineChoice, name: &str) {
     proxy.stop().await;
 }
 
-/// A pooled upstream connection receives the v2 header of the client it is handed
-/// to, byte for byte.
+/// Checks that a pooled upstream connection receives the v2 header of the client it
+/// is handed to, byte for byte.
 async fn proxy_protocol_v2_header_on_pooled(engine: EngineChoice, name: &str) {
     let (upstream, mut header_rx) = spawn_header_upstream(28).await;
     let mut config = listener(name, upstream, engine);
@@ -566,8 +567,8 @@ async fn pool_connected(name: &str) -> bool {
     value(&samples, &count_name, &[("listener", name)]).unwrap_or(0.0) >= 1.0
 }
 
-/// The scraped page has the documented names and labels, with values that match the
-/// traffic sent.
+/// Checks that the scraped page has the documented names and labels, with values that
+/// match the traffic sent.
 async fn metrics_match_traffic(engine: EngineChoice, name: &str) {
     let upstream = spawn_echo().await;
     let proxy = Proxy::start(listener(name, upstream, engine)).await;

@@ -66,7 +66,7 @@ impl CopyState {
                     self.end = read;
                     tally.touch();
                 }
-                // Nothing to read: give the buffer back so an idle direction holds none.
+                // Nothing to read: return the buffer, so an idle direction keeps none.
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.buffer = None,
                 Err(error) => {
                     return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));

@@ -14,7 +14,7 @@ use super::{Engine, Side};
 /// Bytes a direction moves before it adds them to the shared byte counter.
 const COUNTER_FLUSH_BYTES: u64 = 1 << 20;
 
-/// How one direction ended.
+/// The way one direction ended.
 #[derive(Debug)]
 pub(super) enum FlowEnd {
     /// The source sent a FIN and the destination's write side was shut down.
@@ -44,8 +44,8 @@ impl FlowEnd {
     }
 }
 
-/// What an engine's poll produced: an end of the direction, or a request to carry on
-/// with the copy engine (nothing is in flight when it asks).
+/// Result of an engine's poll: the end of the direction, or a request to carry on with
+/// the copy engine, made only while no byte is in flight.
 pub(super) enum Step {
     End(FlowEnd),
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]

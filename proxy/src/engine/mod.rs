@@ -18,7 +18,7 @@
 //! - A direction reads again only after the destination accepted everything it holds,
 //!   so a slow reader stops the proxy from reading and the kernel's windows push back
 //!   on the sender. Memory per direction is bounded by one buffer or one pipe.
-//! - While a direction waits for data it holds neither buffer nor pipe: both come from
+//! - While a direction waits for data it has neither buffer nor pipe: both come from
 //!   small process-wide pools and go back as soon as the source has nothing to read.
 //! - When no byte moves in either direction for the idle timeout, both sockets are
 //!   closed, so half-closed connections cannot linger forever.
@@ -109,7 +109,7 @@ impl Side {
     }
 }
 
-/// How a forwarded connection ended.
+/// The way a forwarded connection ended.
 #[derive(Debug)]
 pub enum Close {
     /// Both directions finished with a FIN.
@@ -131,7 +131,7 @@ pub struct Transfer {
     pub client_to_upstream: u64,
     /// Bytes written to the client.
     pub upstream_to_client: u64,
-    /// How the connection ended.
+    /// The way the connection ended.
     pub close: Close,
 }
 
@@ -174,7 +174,7 @@ pub struct ForwardOptions {
 ///
 /// # Cancel safety
 /// Dropping the future closes both sockets without a reset and loses whatever sits in
-/// a buffer or pipe; cancel `cut_off` instead to end a connection on purpose.
+/// a buffer or pipe. To end a connection on purpose, cancel `cut_off` instead.
 pub async fn forward(
     client: TcpStream,
     upstream: TcpStream,

@@ -91,8 +91,7 @@ fn new_fds() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
-/// Splice state of one direction: the borrowed pipe, which knows how many bytes it
-/// holds.
+/// Splice state of one direction: the borrowed pipe and its byte count.
 #[derive(Default)]
 pub(super) struct SpliceState {
     pipe: Option<PipeLease>,
@@ -257,9 +256,7 @@ impl PipeLease {
     }
 
     fn pipe(&self) -> &Pipe {
-        self.pipe
-            .as_ref()
-            .expect("a lease holds its pipe until dropped")
+        self.pipe.as_ref().expect("pipe missing from a live lease")
     }
 }
 

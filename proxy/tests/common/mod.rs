@@ -75,7 +75,7 @@ impl Proxy {
         report
     }
 
-    /// Shuts down and returns the drain report, whatever it says.
+    /// Shuts down and returns the drain report without checking it.
     pub async fn stop_report(self) -> DrainReport {
         self.shutdown.cancel();
         within("the proxy drain", self.task)
@@ -84,7 +84,7 @@ impl Proxy {
     }
 }
 
-/// A listener config for `upstream` with the given engine and test defaults.
+/// Builds a listener config for `upstream` with the given engine and test defaults.
 pub fn listener(
     name: &str,
     upstream: SocketAddr,
