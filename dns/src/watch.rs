@@ -3,14 +3,16 @@
 //! The proxy keeps an [`AddressWatch`] per `--upstream` name and picks an address per
 //! connection with [`AddressWatch::next_addr`]. The watcher re-resolves when the answer's TTL
 //! expires (never more often than the resolver's TTL floor), so addresses added to or
-//! removed from the zone show up without a restart. Passive health of the addresses (setting
-//! aside one that refuses connections) belongs to the proxy, not to this module.
+//! removed from the zone show up without a restart. The proxy reports an address that refused
+//! a connection or timed out with [`AddressWatch::set_aside`], and `next_addr` skips it for a
+//! while. This module does not connect to addresses or probe them.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -129,6 +131,8 @@ pub struct AddressSet {
 pub struct AddressWatch {
     receiver: watch::Receiver<Arc<AddressSet>>,
     cursor: AtomicUsize,
+    /// Addresses set aside by [`Self::set_aside`], with the end of their period.
+    set_aside: Mutex<HashMap<SocketAddr, Instant>>,
     task: JoinHandle<()>,
 }
 
@@ -140,6 +144,7 @@ impl AddressWatch {
         Self {
             receiver,
             cursor: AtomicUsize::new(0),
+            set_aside: Mutex::new(HashMap::new()),
             task,
         }
     }
@@ -150,13 +155,37 @@ impl AddressWatch {
     }
 
     /// Returns the next address in round-robin order, or `None` while the set is empty.
+    ///
+    /// Addresses set aside by [`Self::set_aside`] are skipped while their period lasts. When
+    /// every address is set aside, they are handed out in turn anyway, because trying one
+    /// beats failing the connection without trying.
     pub fn next_addr(&self) -> Option<SocketAddr> {
         let set = self.receiver.borrow();
         if set.addrs.is_empty() {
             return None;
         }
-        let index = self.cursor.fetch_add(1, Ordering::Relaxed) % set.addrs.len();
-        Some(set.addrs[index])
+
+        let now = Instant::now();
+        let mut set_aside = self.set_aside.lock().unwrap_or_else(|p| p.into_inner());
+        set_aside.retain(|_, until| *until > now);
+
+        // Each skipped address advances the cursor too, so the pick after this one continues
+        // the rotation from here.
+        let len = set.addrs.len();
+        for _ in 0..len {
+            let addr = set.addrs[self.cursor.fetch_add(1, Ordering::Relaxed) % len];
+            if !set_aside.contains_key(&addr) {
+                return Some(addr);
+            }
+        }
+        Some(set.addrs[self.cursor.fetch_add(1, Ordering::Relaxed) % len])
+    }
+
+    /// Skips `addr` in [`Self::next_addr`] for `period`, for example after it refused a
+    /// connection or timed out (passive health checking).
+    pub fn set_aside(&self, addr: SocketAddr, period: Duration) {
+        let mut set_aside = self.set_aside.lock().unwrap_or_else(|p| p.into_inner());
+        set_aside.insert(addr, Instant::now() + period);
     }
 
     /// Returns a receiver that is notified whenever the set changes.

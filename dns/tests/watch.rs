@@ -144,3 +144,32 @@ async fn watch_empties_on_nxdomain() {
     );
     assert_eq!(watch.next_addr(), None);
 }
+
+#[tokio::test]
+async fn set_aside_address_skipped() {
+    trace_init();
+    let server = Dnsmasq::start(&Zone::consul());
+    let watch = AddressWatch::spawn(
+        resolver(server.addr),
+        "web.service.consul:80".parse().unwrap(),
+    );
+    tokio::time::timeout(WAIT, watch.ready()).await.unwrap();
+
+    let refused: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let period = Duration::from_millis(300);
+    watch.set_aside(refused, period);
+    for _ in 0..4 {
+        assert_eq!(watch.next_addr(), Some("10.0.0.2:80".parse().unwrap()));
+    }
+
+    // With every address set aside, they are still handed out rather than none.
+    watch.set_aside("10.0.0.2:80".parse().unwrap(), period);
+    assert!(watch.next_addr().is_some());
+
+    tokio::time::sleep(period + Duration::from_millis(50)).await;
+    let picks: Vec<_> = (0..4).map(|_| watch.next_addr().unwrap()).collect();
+    assert!(
+        picks.contains(&refused),
+        "back in rotation after its period: {picks:?}"
+    );
+}
