@@ -29,21 +29,26 @@ fn config(routes: &[(&str, Vec<SocketAddr>)]) -> ResolverConfig {
     }
 }
 
-/// Counter totals of one resolver's private metrics recorder. A snapshot of the debugging
-/// recorder resets its counters, so totals are accumulated across snapshots.
+/// Counter totals and histogram sample counts of one resolver's private metrics recorder. A
+/// snapshot of the debugging recorder resets them, so totals are accumulated across snapshots.
 struct Counters {
     snapshotter: Snapshotter,
     totals: Mutex<HashMap<CompositeKey, u64>>,
 }
 
 impl Counters {
-    /// Sum of the counter `name` over the series whose labels include all of `labels`.
+    /// Returns the sum of the counter `name` (or the number of samples of the histogram
+    /// `name`) over the series whose labels include all of `labels`.
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let mut totals = self.totals.lock().unwrap();
         for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            if let DebugValue::Counter(count) = value {
-                *totals.entry(key).or_default() += count;
-            }
+            // A histogram's total is its number of samples.
+            let count = match value {
+                DebugValue::Counter(count) => count,
+                DebugValue::Histogram(samples) => samples.len() as u64,
+                DebugValue::Gauge(_) => continue,
+            };
+            *totals.entry(key).or_default() += count;
         }
 
         let matches = |key: &CompositeKey| {
@@ -540,6 +545,13 @@ async fn concurrent_lookups_share_one_query() {
     let hits = metrics.get("styx_dns_cache_hits_total", &[]);
     let misses = metrics.get("styx_dns_cache_misses_total", &[]);
     assert_eq!(hits + misses, 20);
+    assert_eq!(
+        metrics.get(
+            "styx_dns_query_duration_seconds",
+            &[("route", "consul"), ("type", "A")]
+        ),
+        20
+    );
     assert_eq!(
         metrics.get(
             "styx_dns_queries_total",
