@@ -213,32 +213,37 @@ async fn serve(
     metrics.active.increment(1.0);
     tracing::debug!("Connection accepted");
 
-    let upstream = match client.local_addr() {
+    let opened = match client.local_addr() {
         Ok(local_addr) => {
             if let Err(error) = client.set_nodelay(true) {
                 tracing::debug!(%error, "Failed to set TCP_NODELAY on the client socket");
             }
             tokio::select! {
-                upstream = shared.open_upstream(client_addr, local_addr) => upstream.map_err(Some),
-                () = cut_off.cancelled() => Err(None),
+                upstream = shared.open_upstream(client_addr, local_addr) => upstream.map_err(Unserved::ConnectFailed),
+                () = cut_off.cancelled() => Err(Unserved::CutOff),
             }
         }
-        Err(error) => {
-            tracing::debug!(%error, "Client socket closed before it was served");
-            Err(None)
-        }
+        Err(error) => Err(Unserved::ClientGone(error)),
     };
 
-    let result = match upstream {
+    let result = match opened {
         Ok(upstream) => forward(client, upstream, &shared, &cut_off).await,
-        Err(error) => {
-            if let Some(error) = error {
-                tracing::debug!(error = %error, "Failed to open the upstream connection");
-            }
+        Err(unserved) => {
+            let result = match unserved {
+                Unserved::ConnectFailed(error) => {
+                    tracing::debug!(%error, "Failed to open the upstream connection");
+                    ConnectionResult::ConnectFailed
+                }
+                Unserved::CutOff => ConnectionResult::CutOff,
+                Unserved::ClientGone(error) => {
+                    tracing::debug!(%error, "Client socket failed before it was served");
+                    ConnectionResult::Error
+                }
+            };
             // A reset, not a FIN, so the client cannot mistake this for an empty reply.
             engine::reset(&client);
             drop(client);
-            ConnectionResult::ConnectFailed
+            result
         }
     };
 
@@ -247,6 +252,13 @@ async fn serve(
     // The permit lives until here so the connection counts against the limit until
     // both sockets are closed.
     drop(permit);
+}
+
+/// Reason a client was closed before forwarding started.
+enum Unserved {
+    ConnectFailed(ConnectError),
+    CutOff,
+    ClientGone(io::Error),
 }
 
 async fn forward(
