@@ -1,5 +1,5 @@
-//! Node facts that the Nomad client sends in `SetConfig.nomad_config`: the client's
-//! port range and the CPU compute it schedules with.
+//! Node facts that the Nomad client sends in `SetConfig.nomad_config`: the loopback
+//! port range of its plugin helpers and the CPU compute it schedules with.
 //!
 //! The task lifecycle needs the compute to turn a task's `cpu` in MHz into a vCPU count.
 //! Nomad leaves `nomad_config` unset during its config validation pass, so the driver
@@ -10,7 +10,8 @@ use crate::proto::base::{ClientTopology, NomadConfig};
 /// The Nomad client's view of this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
-    /// Lowest and highest port the client allocates to tasks, when it sent them.
+    /// Lowest and highest loopback port the client uses to reach plugin helpers such as
+    /// its log collectors (`client_min_port`..`client_max_port`), not task ports.
     pub client_ports: Option<(u16, u16)>,
     pub compute: Option<NodeCompute>,
 }
