@@ -199,6 +199,13 @@ fn number_forms() {
             &[0xcb, 0x3f, 0xf8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
         ),
         ("0.1", &[0xa3, b'0', b'.', b'1']),
+        ("1.1", &[0xa3, b'1', b'.', b'1']),
+        (
+            "-0.25",
+            &[0xcb, 0xbf, 0xd0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
+        ),
+        // An integral value written with a fraction is still an integer in cty.
+        ("200.0", &[0xcc, 0xc8]),
     ];
     for (text, expected) in cases {
         assert_eq!(
@@ -211,6 +218,24 @@ fn number_forms() {
     let mut huge = vec![0xb4];
     huge.extend_from_slice(b"18446744073709551616");
     assert_eq!(encode_value(&Value::number("18446744073709551616")), huge);
+}
+
+#[test]
+fn literal_defaults_parse() {
+    use styx_tests::cty::parse_literal;
+
+    assert_eq!(parse_literal("true").unwrap(), Value::Bool(true));
+    assert_eq!(parse_literal("10000").unwrap(), Value::number("10000"));
+    assert_eq!(
+        parse_literal("\"/usr/local/bin/container\"").unwrap(),
+        Value::string("/usr/local/bin/container")
+    );
+    assert_eq!(parse_literal("[]").unwrap(), Value::List(Vec::new()));
+    assert_eq!(
+        parse_literal("{ enabled = true, name = \"x\" }").unwrap(),
+        Value::object([("enabled", Value::Bool(true)), ("name", Value::string("x"))])
+    );
+    assert!(parse_literal("now()").is_err());
 }
 
 #[test]
