@@ -19,7 +19,7 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid state file {}", path.display())]
+    #[error("invalid state file {}: run `styx init --force` or `styx join --force` to rewrite it", path.display())]
     Parse {
         path: PathBuf,
         #[source]
@@ -223,7 +223,7 @@ pub fn node_name_from_host(host: &str) -> String {
 
 #[cfg(test)]
 impl NodeState {
-    /// A server node for unit tests.
+    /// Builds a server node for unit tests.
     pub fn example_server() -> Self {
         Self {
             role: Role::Server,

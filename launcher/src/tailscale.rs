@@ -1,11 +1,11 @@
 //! Reads this Mac's Tailscale state from `tailscale status --json`.
 //!
 //! Field names follow `ipnstate.Status` in Tailscale's Go source (package
-//! `tailscale.com/ipn/ipnstate`, read at commit ff02a45b of tailscale/tailscale):
+//! `tailscale.com/ipn/ipnstate`, read at commit ff02a45b of tailscale/tailscale).
 //! `BackendState` is one of `NoState`, `NeedsLogin`, `NeedsMachineAuth`, `Stopped`,
-//! `Starting`, `Running`; `Self.TailscaleIPs` lists this node's addresses; `Self.DNSName`
-//! is its MagicDNS name with a trailing dot; `ExitNodeStatus` is absent when no exit node
-//! is in use. Unknown fields are ignored.
+//! `Starting` or `Running`. `Self.TailscaleIPs` lists this node's addresses, and
+//! `Self.DNSName` is its MagicDNS name with a trailing dot. `ExitNodeStatus` is absent when
+//! no exit node is in use. Unknown fields are ignored.
 
 use std::net::IpAddr;
 
@@ -67,7 +67,7 @@ struct RawExitNode {
     online: bool,
 }
 
-/// This node as Tailscale sees it, when Tailscale is running.
+/// This node as Tailscale reports it, when Tailscale is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TailscaleNode {
     /// Daemon version, such as `1.90.6-t...`; empty when not reported.
