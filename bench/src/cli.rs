@@ -19,13 +19,12 @@ const SPARE_FILE_DESCRIPTORS: u64 = 1024;
 /// Options of `styx-proxy bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Take 1-second samples in one round (under 30 s) instead of 2-second samples in
-    /// three rounds.
+    /// Take one 1-second sample per path and scenario (under 30 s) instead of five.
     #[arg(long)]
     pub quick: bool,
 
     /// Samples per path and scenario, whose median is reported [default: 1 with --quick,
-    /// else 3]. More rounds steady the figures on a busy machine.
+    /// else 5]. More rounds steady the figures on a busy machine.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: Option<u32>,
 
@@ -238,15 +237,10 @@ fn write_footer(
     plan: &Plan,
     load_before: Option<String>,
 ) -> std::io::Result<()> {
-    let profile = if plan.profile.window == Profile::QUICK.window {
-        "quick"
-    } else {
-        "standard"
-    };
     writeln!(
         out,
-        "profile {profile}: median of {} round(s) of {:?} per path; proxy CPU in cores used during the window",
-        plan.profile.rounds, plan.profile.window
+        "profile {}: median of {} round(s) of {:?} per path; proxy CPU in cores used during the window",
+        plan.profile.name, plan.profile.rounds, plan.profile.window
     )?;
     if let (Some(before), Some(after)) = (load_before, load_average()) {
         writeln!(

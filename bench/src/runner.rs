@@ -28,6 +28,8 @@ use crate::request_response::{RequestLoad, run_request_response};
 /// Durations and repetitions of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Profile {
+    /// Name shown under the table.
+    pub name: &'static str,
     /// Measured window of each bulk, connection-rate and request/response sample.
     pub window: Duration,
     /// Load applied before each window opens.
@@ -39,16 +41,19 @@ pub struct Profile {
 impl Profile {
     /// The `--quick` profile: one 1-second sample per path.
     pub const QUICK: Profile = Profile {
+        name: "quick",
         window: Duration::from_secs(1),
         warmup: Duration::from_millis(100),
         rounds: 1,
     };
 
-    /// The default profile: the median of three 2-second samples per path.
+    /// The default profile: the median of five 1-second samples per path. Short samples in
+    /// more rounds interleave the paths more finely than long samples in few rounds.
     pub const STANDARD: Profile = Profile {
-        window: Duration::from_secs(2),
+        name: "standard",
+        window: Duration::from_secs(1),
         warmup: Duration::from_millis(200),
-        rounds: 3,
+        rounds: 5,
     };
 }
 

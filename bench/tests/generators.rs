@@ -202,6 +202,7 @@ fn runner_reports_every_scenario() {
             pids: vec![std::process::id()],
         }],
         profile: Profile {
+            name: "tiny",
             window: TINY,
             warmup: TINY_WARMUP,
             rounds: 2,
@@ -260,6 +261,7 @@ fn runner_selected_scenarios_only() {
         engines: Vec::new(),
         peers: Vec::new(),
         profile: Profile {
+            name: "tiny",
             window: TINY,
             warmup: TINY_WARMUP,
             rounds: 1,
