@@ -20,7 +20,7 @@ use styx_bench::runner::{Peer, Plan, Profile, run_plan};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
-const TINY: Duration = Duration::from_millis(100);
+const TINY: Duration = Duration::from_millis(200);
 const TINY_WARMUP: Duration = Duration::from_millis(20);
 
 fn runtime() -> Runtime {
