@@ -134,7 +134,7 @@ fn nomad_consul_block(state: &NodeState, layout: &Layout) -> Block {
 }
 
 fn driver_plugin_block(state: &NodeState) -> Block {
-    let metrics_listen = format!("{}:{}", state.tailscale_ip, driver::DEFAULT_METRICS_PORT);
+    let metrics_address = format!("{}:{}", state.tailscale_ip, driver::DEFAULT_METRICS_PORT);
     Block::builder("plugin")
         .add_label(driver::DRIVER_NAME)
         .add_block(
@@ -142,8 +142,11 @@ fn driver_plugin_block(state: &NodeState) -> Block {
                 .add_attribute((driver::CONTAINER_PATH, path_string(&state.container_path)))
                 .add_attribute((driver::PORT_OFFSET, driver::DEFAULT_PORT_OFFSET))
                 .add_attribute((driver::BIND_ADDRESS, driver::DEFAULT_BIND_ADDRESS))
-                .add_attribute((driver::PRECONNECT, driver::DEFAULT_PRECONNECT))
-                .add_attribute((driver::METRICS_LISTEN, metrics_listen))
+                .add_attribute((
+                    driver::PRECONNECT_POOL_SIZE,
+                    driver::DEFAULT_PRECONNECT_POOL_SIZE,
+                ))
+                .add_attribute((driver::METRICS_ADDRESS, metrics_address))
                 .add_attribute((driver::STATS_INTERVAL, driver::DEFAULT_STATS_INTERVAL))
                 .build(),
         )

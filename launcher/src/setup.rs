@@ -108,7 +108,7 @@ pub fn stage_node(
     }
 
     if let Some(driver) = driver_binary() {
-        let link = layout.plugins_dir().join(driver_options::DRIVER_BINARY);
+        let link = layout.plugins_dir().join(driver_options::PLUGIN_FILE);
         staging.symlink(&driver, &link)?;
     }
 

@@ -140,11 +140,11 @@ fn init_writes_parseable_configs() {
     );
     assert_eq!(string(attribute(config, "bind_address")), "tailscale");
     assert_eq!(
-        attribute(config, "preconnect"),
+        attribute(config, "preconnect_pool_size"),
         &hcl::Expression::Number(0.into())
     );
     assert_eq!(
-        string(attribute(config, "metrics_listen")),
+        string(attribute(config, "metrics_address")),
         format!("{TAILSCALE_IP}:9464")
     );
     assert_eq!(string(attribute(config, "stats_interval")), "5s");
