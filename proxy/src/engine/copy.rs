@@ -3,6 +3,7 @@
 use std::io;
 use std::task::{Context, Poll, ready};
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::buffers::BufferLease;
@@ -56,7 +57,7 @@ impl CopyState {
                 return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
             }
             let buffer = self.buffer.get_or_insert_with(BufferLease::take);
-            match src.try_read(buffer) {
+            match read_clearing_readiness(src, buffer) {
                 Ok(0) => {
                     self.buffer = None;
                     return Poll::Ready(Step::End(finish(dst, dst_side)));
@@ -73,5 +74,31 @@ impl CopyState {
                 }
             }
         }
+    }
+}
+
+/// Reads from `src` like `try_read`, but also clears its read readiness after a short
+/// read, as tokio's own `poll_read` does.
+///
+/// A TCP read returns fewer bytes than requested only when the receive queue is empty
+/// or a FIN follows the data. In the first case the next read would fail with EAGAIN,
+/// so clearing readiness now saves that system call on every request of a
+/// request/response exchange. A FIN stays visible because tokio never clears its
+/// read-closed state, and data that arrives after the read raises a new readiness
+/// event, which is kept because tokio clears only the event it handed out before.
+fn read_clearing_readiness(src: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut short_read = 0;
+    let result = src.try_io(Interest::READABLE, || {
+        let read = rustix::io::read(src, &mut *buffer)?;
+        if read > 0 && read < buffer.len() {
+            short_read = read;
+            // Reporting WouldBlock is how `try_io` is told to clear the readiness.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(read)
+    });
+    match result {
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock && short_read > 0 => Ok(short_read),
+        other => other,
     }
 }
