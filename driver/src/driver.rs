@@ -1,8 +1,8 @@
 //! The driver core that the gRPC services delegate to: plugin identity, the current
 //! plugin config, capabilities and the shutdown signal.
 //!
-//! It uses no gRPC types except the generated messages it returns, so the task
-//! lifecycle can grow here without touching the service layer.
+//! It uses no gRPC types except the generated messages it returns. The task lifecycle
+//! lives in [`crate::task`]; the driver hands it the current config on each call.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +16,7 @@ use crate::proto::drivers::{
     driver_capabilities::{FsIsolation, MountConfigs},
     network_isolation_spec::NetworkIsolationMode,
 };
+use crate::task::{Context, Lifecycle};
 
 /// Driver API version that Nomad negotiates for task drivers.
 pub const PLUGIN_API_VERSION: &str = "v0.1.0";
@@ -26,6 +27,7 @@ pub struct Driver {
     config: Arc<watch::Sender<Arc<PluginConfig>>>,
     node: Arc<Mutex<Option<NodeInfo>>>,
     shutdown: CancellationToken,
+    lifecycle: Lifecycle,
 }
 
 impl Driver {
@@ -37,6 +39,7 @@ impl Driver {
             config: Arc::new(config),
             node: Arc::default(),
             shutdown,
+            lifecycle: Lifecycle::default(),
         }
     }
 
@@ -74,6 +77,18 @@ impl Driver {
         self.config.subscribe()
     }
 
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    /// Returns the config and node facts that task operations use now.
+    pub fn task_context(&self) -> Context {
+        Context {
+            config: self.config(),
+            compute: self.node_info().and_then(|node| node.compute),
+        }
+    }
+
     /// Decodes and validates a task's `config {}` block.
     pub fn decode_task_config(&self, msgpack: &[u8]) -> Result<TaskConfig, DecodeError> {
         TaskConfig::from_msgpack(msgpack)
@@ -82,9 +97,9 @@ impl Driver {
     pub fn capabilities(&self) -> DriverCapabilities {
         DriverCapabilities {
             send_signals: true,
-            // NOTE: false until ExecTask is implemented, so that Nomad does not run script
-            // checks against an RPC that fails.
-            exec: false,
+            // ExecTask serves script checks. NOTE: ExecTaskStreaming (`nomad alloc exec`)
+            // still returns UNIMPLEMENTED.
+            exec: true,
             // The image is the task's root file system, inside its own VM.
             fs_isolation: FsIsolation::Image as i32,
             // Containers run in their own VMs on the vmnet subnet, and Nomad's network

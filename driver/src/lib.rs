@@ -24,6 +24,7 @@
 pub mod config;
 pub mod container;
 pub mod driver;
+pub mod entry;
 pub mod fingerprint;
 pub mod grpc;
 pub mod handshake;
@@ -32,6 +33,8 @@ pub mod node;
 pub mod proto;
 pub mod server;
 pub mod socket;
+pub mod supervisor;
+pub mod task;
 
 /// Driver name that jobs use in `driver = "apple-container"`.
 pub const DRIVER_NAME: &str = "apple-container";

@@ -371,7 +371,7 @@ async fn set_config_unknown_attribute_is_rejected() {
 }
 
 #[tokio::test]
-async fn start_task_validates_then_reports_unimplemented() {
+async fn start_task_rejects_invalid_task() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = start_in(dir.path()).await;
     let schema = plugin
@@ -407,18 +407,16 @@ async fn start_task_validates_then_reports_unimplemented() {
         status.message()
     );
 
-    let valid = Value::object([
-        ("image", Value::string("nginx:alpine")),
-        ("ports", Value::strings(&["http"])),
-    ]);
+    // A valid config without Nomad's resources fails before any CLI call.
+    let valid = Value::object([("image", Value::string("nginx:alpine"))]);
     let status = plugin
         .driver()
         .start_task(task(encode_with_spec(&schema, &valid).unwrap()))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
-        status.message().contains("not implemented yet"),
+        status.message().contains("below the 200 MB"),
         "{}",
         status.message()
     );
@@ -430,7 +428,7 @@ async fn start_task_validates_then_reports_unimplemented() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::NotFound);
 }
 
 #[tokio::test]

@@ -6,14 +6,27 @@
 //!   driver's own protos.
 //! - [`cty`]: encodes HCL-like config values into the cty-msgpack bytes Nomad sends in
 //!   `SetConfig` and `StartTask`, following hcldec's rules for a given hclspec.
+//! - [`task`]: what a Nomad client prepares for a task: alloc dirs, log FIFOs with
+//!   readers, and the TaskConfig message.
+//! - [`sim`]: a handle on the `container-sim` simulator's state directory.
 //! - [`fake_container`]: a minimal stand-in for Apple's `container` CLI that handles
-//!   only the fingerprint probes. The full simulator is a separate piece of work.
+//!   only the fingerprint probes.
 //!
-//! The harness is a library, and the tests that drive the real binary live in
-//! `driver/tests/`, because Cargo sets the path of a package's binaries
-//! (`CARGO_BIN_EXE_<name>`) only for that package's own tests. They pass that path to [`nomad::Plugin::start`].
+//! Binaries:
+//! - `container-sim`: the simulator of Apple's `container` CLI (see its module docs).
+//! - `styx-driver-under-test`: the `styx-driver` program under a second name. Its
+//!   `main` calls `styx_driver::entry::main`, as `driver/src/main.rs` does, so it runs
+//!   the product's code.
+//!
+//! Why two places for harness tests: Cargo sets `CARGO_BIN_EXE_<name>` only for a
+//! package's own binaries. The plugin-only tests in `driver/tests/` use the real
+//! `styx-driver` binary. The lifecycle tests in `tests/tests/` need the simulator too,
+//! so they use `styx-driver-under-test`, which Cargo rebuilds with the driver library
+//! before every `cargo test`, including `cargo test --workspace` on a clean checkout.
 #![forbid(unsafe_code)]
 
 pub mod cty;
 pub mod fake_container;
 pub mod nomad;
+pub mod sim;
+pub mod task;

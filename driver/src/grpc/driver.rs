@@ -1,15 +1,18 @@
-//! Nomad's Driver service.
+//! Nomad's Driver service: converts messages and maps [`TaskError`]s to statuses.
 //!
-//! NOTE: the task lifecycle is not implemented yet. StartTask decodes and validates the
-//! task config, then returns UNIMPLEMENTED like the other task RPCs. The streams Nomad
-//! keeps open for the whole plugin lifetime (Fingerprint and TaskEvents) are served for
-//! real, because an ended or failed stream makes Nomad call again at once.
+//! The streams Nomad keeps open for the whole plugin lifetime (Fingerprint and
+//! TaskEvents) never end on their own, because an ended or failed stream makes Nomad
+//! call again at once.
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{ResponseStream, idle_stream};
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+
+use super::ResponseStream;
 use crate::config::TaskConfig;
 use crate::driver::Driver;
 use crate::fingerprint;
@@ -24,6 +27,7 @@ use crate::proto::drivers::{
     TaskConfigSchemaResponse, TaskEventsRequest, TaskStatsRequest, TaskStatsResponse,
     WaitTaskRequest, WaitTaskResponse, driver_server,
 };
+use crate::task::TaskError;
 
 /// Capacity of each server stream's queue. Fingerprints and events are rare, so a small
 /// queue is enough and bounds memory when a client stops reading.
@@ -39,12 +43,19 @@ impl DriverService {
     }
 }
 
-/// Returns the status for a task RPC that this build cannot serve yet.
-fn lifecycle_unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented yet: this styx-driver build serves plugin config and \
-         fingerprinting, but cannot run tasks"
-    ))
+/// Stats interval used when Nomad sends none; Nomad's own default is 1 s.
+const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+fn to_duration(duration: Option<prost_types::Duration>) -> Option<Duration> {
+    let duration = duration?;
+    let seconds = u64::try_from(duration.seconds).ok()?;
+    let nanos = u32::try_from(duration.nanos).ok()?;
+    Some(Duration::new(seconds, nanos)).filter(|duration| !duration.is_zero())
+}
+
+fn status(error: TaskError) -> Status {
+    tracing::debug!(error = %error, "task operation failed");
+    error.into_status()
 }
 
 #[tonic::async_trait]
@@ -86,11 +97,22 @@ impl driver_server::Driver for DriverService {
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
+    /// Nomad leaves `task_id` empty; the handle's config carries the ID.
     async fn recover_task(
         &self,
-        _request: Request<RecoverTaskRequest>,
+        request: Request<RecoverTaskRequest>,
     ) -> Result<Response<RecoverTaskResponse>, Status> {
-        Err(lifecycle_unimplemented("RecoverTask"))
+        let handle = request
+            .into_inner()
+            .handle
+            .ok_or_else(|| Status::invalid_argument("RecoverTask request has no handle"))?;
+        let context = self.driver.task_context();
+        self.driver
+            .lifecycle()
+            .recover(&context, handle)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(RecoverTaskResponse {}))
     }
 
     async fn start_task(
@@ -110,71 +132,169 @@ impl driver_server::Driver for DriverService {
                     task.name
                 ))
             })?;
-        Err(lifecycle_unimplemented("StartTask"))
+
+        let context = self.driver.task_context();
+        let task_id = task.id.clone();
+        let started = self
+            .driver
+            .lifecycle()
+            .start(&context, task)
+            .await
+            .map_err(|error| {
+                tracing::info!(task_id = %task_id, error = %error, "task failed to start");
+                error.into_status()
+            })?;
+        Ok(Response::new(StartTaskResponse {
+            handle: Some(started.handle),
+            network_override: Some(started.network),
+            ..StartTaskResponse::default()
+        }))
     }
 
+    /// Blocks until the task exits. An exit code the driver could not learn is
+    /// reported as 0 with the reason in `err`.
     async fn wait_task(
         &self,
-        _request: Request<WaitTaskRequest>,
+        request: Request<WaitTaskRequest>,
     ) -> Result<Response<WaitTaskResponse>, Status> {
-        Err(lifecycle_unimplemented("WaitTask"))
+        let task_id = request.into_inner().task_id;
+        let exit = self
+            .driver
+            .lifecycle()
+            .wait(&task_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(WaitTaskResponse {
+            result: Some(exit.result),
+            err: exit.unknown_reason.unwrap_or_default(),
+        }))
     }
 
     async fn stop_task(
         &self,
-        _request: Request<StopTaskRequest>,
+        request: Request<StopTaskRequest>,
     ) -> Result<Response<StopTaskResponse>, Status> {
-        Err(lifecycle_unimplemented("StopTask"))
+        let request = request.into_inner();
+        let timeout = to_duration(request.timeout).unwrap_or_default();
+        let context = self.driver.task_context();
+        self.driver
+            .lifecycle()
+            .stop(&context, &request.task_id, timeout, &request.signal)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(StopTaskResponse {}))
     }
 
     async fn destroy_task(
         &self,
-        _request: Request<DestroyTaskRequest>,
+        request: Request<DestroyTaskRequest>,
     ) -> Result<Response<DestroyTaskResponse>, Status> {
-        Err(lifecycle_unimplemented("DestroyTask"))
+        let request = request.into_inner();
+        let context = self.driver.task_context();
+        self.driver
+            .lifecycle()
+            .destroy(&context, &request.task_id, request.force)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(DestroyTaskResponse {}))
     }
 
     async fn inspect_task(
         &self,
-        _request: Request<InspectTaskRequest>,
+        request: Request<InspectTaskRequest>,
     ) -> Result<Response<InspectTaskResponse>, Status> {
-        Err(lifecycle_unimplemented("InspectTask"))
+        let task_id = request.into_inner().task_id;
+        let response = self.driver.lifecycle().inspect(&task_id).map_err(status)?;
+        Ok(Response::new(response))
     }
 
     type TaskStatsStream = ResponseStream<TaskStatsResponse>;
 
     async fn task_stats(
         &self,
-        _request: Request<TaskStatsRequest>,
+        request: Request<TaskStatsRequest>,
     ) -> Result<Response<Self::TaskStatsStream>, Status> {
-        Err(lifecycle_unimplemented("TaskStats"))
+        let request = request.into_inner();
+        let interval = to_duration(request.collection_interval).unwrap_or(DEFAULT_STATS_INTERVAL);
+        let (sender, receiver) = mpsc::channel(STREAM_CAPACITY);
+        self.driver
+            .lifecycle()
+            .stream_stats(
+                self.driver.task_context(),
+                &request.task_id,
+                interval,
+                sender,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     type TaskEventsStream = ResponseStream<DriverTaskEvent>;
 
-    /// Keeps the stream open without events until the client leaves or the plugin
-    /// exits: no task runs, so there is nothing to report.
+    /// Forwards every task event until the client leaves or the plugin exits.
     async fn task_events(
         &self,
         _request: Request<TaskEventsRequest>,
     ) -> Result<Response<Self::TaskEventsStream>, Status> {
-        Ok(Response::new(idle_stream(
-            self.driver.shutdown_token().clone(),
-        )))
+        let mut events = self.driver.lifecycle().subscribe_events();
+        let shutdown = self.driver.shutdown_token().clone();
+        let (sender, receiver) = mpsc::channel(STREAM_CAPACITY);
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => event,
+                    () = sender.closed() => return,
+                    () = shutdown.cancelled() => return,
+                };
+                match event {
+                    Ok(event) => {
+                        if sender.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "task events dropped for a slow TaskEvents reader");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn signal_task(
         &self,
-        _request: Request<SignalTaskRequest>,
+        request: Request<SignalTaskRequest>,
     ) -> Result<Response<SignalTaskResponse>, Status> {
-        Err(lifecycle_unimplemented("SignalTask"))
+        let request = request.into_inner();
+        let context = self.driver.task_context();
+        self.driver
+            .lifecycle()
+            .signal(&context, &request.task_id, &request.signal)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(SignalTaskResponse {}))
     }
 
     async fn exec_task(
         &self,
-        _request: Request<ExecTaskRequest>,
+        request: Request<ExecTaskRequest>,
     ) -> Result<Response<ExecTaskResponse>, Status> {
-        Err(lifecycle_unimplemented("ExecTask"))
+        let request = request.into_inner();
+        let context = self.driver.task_context();
+        let response = self
+            .driver
+            .lifecycle()
+            .exec(
+                &context,
+                &request.task_id,
+                &request.command,
+                to_duration(request.timeout),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(response))
     }
 
     type ExecTaskStreamingStream = ResponseStream<ExecTaskStreamingResponse>;
@@ -183,7 +303,10 @@ impl driver_server::Driver for DriverService {
         &self,
         _request: Request<Streaming<ExecTaskStreamingRequest>>,
     ) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
-        Err(lifecycle_unimplemented("ExecTaskStreaming"))
+        Err(Status::unimplemented(
+            "ExecTaskStreaming (nomad alloc exec) is not implemented by apple-container yet; \
+             ExecTask for script checks is",
+        ))
     }
 
     async fn create_network(

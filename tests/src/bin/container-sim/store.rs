@@ -1,0 +1,218 @@
+//! The simulator's state directory: one folder per container with its config, and
+//! runtime files while it runs.
+//!
+//! Layout of `<state>/containers/<id>/`:
+//! - `config.json`: what `create` was given.
+//! - `running`: present while the container runs; holds the monitor's PID.
+//! - `image.pid`: PID of the image process.
+//! - `ip`: last octet N of 127.77.0.N while running.
+//! - `started`: Unix seconds of the last start.
+//! - `exit`: exit status of the last run, written by the monitor.
+//! - `stdout.log`, `stderr.log`: the image's output streams, truncated on start.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// First and last octet handed out on 127.77.0.0/24; .1 plays the gateway.
+const FIRST_HOST: u8 = 2;
+const LAST_HOST: u8 = 254;
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// What `create` stored for one container.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub id: String,
+    /// Fully qualified image reference.
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub labels: Vec<(String, String)>,
+    pub mounts: Vec<Value>,
+    pub cpus: u64,
+    pub memory_bytes: u64,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+impl ContainerConfig {
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "image": self.image,
+            "command": self.command,
+            "env": self.env,
+            "labels": self.labels,
+            "mounts": self.mounts,
+            "cpus": self.cpus,
+            "memoryBytes": self.memory_bytes,
+            "created": self.created,
+        })
+    }
+
+    fn from_json(value: &Value) -> Option<Self> {
+        let strings = |key: &str| -> Option<Vec<String>> {
+            value[key]
+                .as_array()?
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        };
+        let labels = value["labels"]
+            .as_array()?
+            .iter()
+            .filter_map(|pair| Some((pair[0].as_str()?.to_owned(), pair[1].as_str()?.to_owned())))
+            .collect();
+        Some(Self {
+            id: value["id"].as_str()?.to_owned(),
+            image: value["image"].as_str()?.to_owned(),
+            command: strings("command")?,
+            env: strings("env")?,
+            labels,
+            mounts: value["mounts"].as_array()?.clone(),
+            cpus: value["cpus"].as_u64()?,
+            memory_bytes: value["memoryBytes"].as_u64()?,
+            created: value["created"].as_u64()?,
+        })
+    }
+}
+
+impl Store {
+    pub fn open(root: PathBuf) -> io::Result<Self> {
+        fs::create_dir_all(root.join("containers"))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Takes the store-wide lock until the returned file is dropped.
+    pub fn lock(&self) -> io::Result<File> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("lock"))?;
+        file.lock()?;
+        Ok(file)
+    }
+
+    pub fn system_stopped(&self) -> bool {
+        self.root.join("system-stopped").exists()
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+
+    pub fn exists(&self, id: &str) -> bool {
+        self.dir(id).join("config.json").exists()
+    }
+
+    pub fn ids(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(self.root.join("containers"))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if self.exists(&name) {
+                ids.push(name);
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn save_config(&self, config: &ContainerConfig) -> io::Result<()> {
+        let dir = self.dir(&config.id);
+        fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join("config.json"), config.to_json().to_string())
+    }
+
+    pub fn config(&self, id: &str) -> io::Result<ContainerConfig> {
+        let text = fs::read_to_string(self.dir(id).join("config.json"))?;
+        let value: Value = serde_json::from_str(&text).map_err(io::Error::other)?;
+        ContainerConfig::from_json(&value)
+            .ok_or_else(|| io::Error::other(format!("corrupt config of container {id}")))
+    }
+
+    pub fn is_running(&self, id: &str) -> bool {
+        self.dir(id).join("running").exists()
+    }
+
+    pub fn read_number(&self, id: &str, file: &str) -> Option<i64> {
+        fs::read_to_string(self.dir(id).join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn write_number(&self, id: &str, file: &str, value: i64) -> io::Result<()> {
+        write_atomic(&self.dir(id).join(file), value.to_string())
+    }
+
+    pub fn remove(&self, id: &str, file: &str) {
+        let _ = fs::remove_file(self.dir(id).join(file));
+    }
+
+    /// Picks the next free host octet after the last one handed out, as Apple's
+    /// rotating allocator does, so a restarted container usually gets a new address.
+    /// The caller holds the lock.
+    pub fn allocate_ip(&self) -> io::Result<u8> {
+        let in_use: Vec<i64> = self
+            .ids()?
+            .iter()
+            .filter(|id| self.is_running(id))
+            .filter_map(|id| self.read_number(id, "ip"))
+            .collect();
+        let last = fs::read_to_string(self.root.join("last-ip"))
+            .ok()
+            .and_then(|text| text.trim().parse::<u8>().ok())
+            .unwrap_or(FIRST_HOST - 1);
+
+        let span = u16::from(LAST_HOST - FIRST_HOST + 1);
+        let next = if last < FIRST_HOST {
+            0
+        } else {
+            u16::from(last - FIRST_HOST) + 1
+        };
+        for step in 0..span {
+            let candidate = FIRST_HOST + u8::try_from((next + step) % span).unwrap_or(0);
+            if !in_use.contains(&i64::from(candidate)) {
+                write_atomic(&self.root.join("last-ip"), candidate.to_string())?;
+                return Ok(candidate);
+            }
+        }
+        Err(io::Error::other("no free address left on 127.77.0.0/24"))
+    }
+
+    /// Waits until the container no longer runs, up to `limit`.
+    pub fn wait_stopped(&self, id: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.is_running(id) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+}
+
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> io::Result<()> {
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(".partial");
+    fs::write(&staging, contents)?;
+    fs::rename(&staging, path)
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}

@@ -1,0 +1,96 @@
+//! Handle on one `container-sim` state directory, for tests that call the simulator
+//! directly or check what it left behind.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The simulator binary and its state directory.
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    binary: PathBuf,
+    state: PathBuf,
+}
+
+impl Simulator {
+    /// Uses `state` as the simulator's state directory.
+    pub fn new(binary: &Path, state: &Path) -> Self {
+        Self {
+            binary: binary.to_owned(),
+            state: state.to_owned(),
+        }
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
+    /// Environment the plugin needs so that its CLI calls reach this simulator: the
+    /// state directory and a 100 ms stats delay in place of the real CLI's 2 s.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "CONTAINER_SIM_STATE".to_owned(),
+                self.state.display().to_string(),
+            ),
+            ("CONTAINER_SIM_STATS_DELAY_MS".to_owned(), "100".to_owned()),
+        ]
+    }
+
+    /// Runs one CLI command and returns its output.
+    pub fn run<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Command::new(&self.binary)
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("container-sim runs")
+    }
+
+    /// Makes every container command fail as with a stopped `container` service.
+    pub fn set_system_running(&self, running: bool) {
+        let marker = self.state.join("system-stopped");
+        if running {
+            let _ = std::fs::remove_file(marker);
+        } else {
+            std::fs::create_dir_all(&self.state).unwrap();
+            std::fs::write(marker, b"").unwrap();
+        }
+    }
+
+    /// Returns true when a container with `id` exists.
+    pub fn exists(&self, id: &str) -> bool {
+        self.state
+            .join("containers")
+            .join(id)
+            .join("config.json")
+            .exists()
+    }
+
+    /// PIDs of live processes (not zombies) that belong to this simulator: its CLI
+    /// calls, monitors and image processes.
+    pub fn live_processes(&self) -> Vec<u32> {
+        let marker = self.state.display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let zombie = stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+                !zombie && String::from_utf8_lossy(&environ).contains(&marker)
+            })
+            .collect()
+    }
+}
