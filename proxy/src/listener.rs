@@ -77,21 +77,12 @@ impl ListenerShared {
         }
     }
 
-    /// Returns an upstream socket for a client at `client_addr` that connected to
-    /// `local_addr`: a pooled one when available, else a new connection. The PROXY
-    /// header, when configured, has been written to it.
-    async fn open_upstream(
-        &self,
-        client_addr: SocketAddr,
-        local_addr: SocketAddr,
-    ) -> Result<TcpStream, ConnectError> {
-        let header = self
-            .proxy_protocol
-            .map(|version| version.encode(client_addr, local_addr));
-
+    /// Returns an upstream socket: a pooled one when available, else a new connection.
+    /// The PROXY protocol `header`, when given, has been written to it.
+    async fn open_upstream(&self, header: Option<&[u8]>) -> Result<TcpStream, ConnectError> {
         if let Some(pool) = &self.pool {
             while let Some(mut stream) = pool.take() {
-                match send_header(&mut stream, header.as_deref()).await {
+                match send_header(&mut stream, header).await {
                     Ok(()) => return Ok(stream),
                     Err(error) => {
                         tracing::debug!(%error, "Failed to send the PROXY header on a pooled connection");
@@ -101,7 +92,7 @@ impl ListenerShared {
             }
         }
 
-        let result = self.connect_new(header.as_deref()).await;
+        let result = self.connect_new(header).await;
         if let Err(error) = &result {
             self.metrics.record_connect_error(error.as_metrics_label());
         }
@@ -213,16 +204,22 @@ async fn serve(
     metrics.active.increment(1.0);
     tracing::debug!("Connection accepted");
 
-    let opened = match client.local_addr() {
-        Ok(local_addr) => {
-            if let Err(error) = client.set_nodelay(true) {
-                tracing::debug!(%error, "Failed to set TCP_NODELAY on the client socket");
-            }
-            tokio::select! {
-                upstream = shared.open_upstream(client_addr, local_addr) => upstream.map_err(Unserved::ConnectFailed),
-                () = cut_off.cancelled() => Err(Unserved::CutOff),
-            }
-        }
+    if let Err(error) = client.set_nodelay(true) {
+        tracing::debug!(%error, "Failed to set TCP_NODELAY on the client socket");
+    }
+    // The local address is looked up only for a PROXY header, to save a system call
+    // per connection otherwise.
+    let header = match shared.proxy_protocol {
+        Some(version) => client
+            .local_addr()
+            .map(|local_addr| Some(version.encode(client_addr, local_addr))),
+        None => Ok(None),
+    };
+    let opened = match header {
+        Ok(header) => tokio::select! {
+            upstream = shared.open_upstream(header.as_deref()) => upstream.map_err(Unserved::ConnectFailed),
+            () = cut_off.cancelled() => Err(Unserved::CutOff),
+        },
         Err(error) => Err(Unserved::ClientGone(error)),
     };
 

@@ -13,6 +13,10 @@ const POOL_MAX: usize = 32;
 
 static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 
+/// Buffers lent out right now, for tests of the no-buffer-while-idle rule.
+#[cfg(test)]
+pub(super) static LEASED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A buffer borrowed from the pool; it goes back when dropped.
 pub(super) struct BufferLease {
     buffer: Option<Box<[u8]>>,
@@ -26,6 +30,8 @@ impl BufferLease {
             .unwrap_or_else(|poison| poison.into_inner())
             .pop();
         let buffer = pooled.unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice());
+        #[cfg(test)]
+        LEASED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Self {
             buffer: Some(buffer),
         }
@@ -37,6 +43,8 @@ impl Drop for BufferLease {
         let Some(buffer) = self.buffer.take() else {
             return;
         };
+        #[cfg(test)]
+        LEASED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         let mut pool = POOL.lock().unwrap_or_else(|poison| poison.into_inner());
         if pool.len() < POOL_MAX {
             pool.push(buffer);

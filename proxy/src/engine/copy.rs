@@ -53,7 +53,13 @@ impl CopyState {
                 continue;
             }
 
-            if let Err(error) = ready!(src.poll_read_ready(cx)) {
+            let Poll::Ready(readiness) = src.poll_read_ready(cx) else {
+                // Everything read was written: return the buffer while waiting for data,
+                // so an idle direction keeps none.
+                self.buffer = None;
+                return Poll::Pending;
+            };
+            if let Err(error) = readiness {
                 return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
             }
             let buffer = self.buffer.get_or_insert_with(BufferLease::take);
@@ -67,8 +73,8 @@ impl CopyState {
                     self.end = read;
                     tally.touch();
                 }
-                // Nothing to read: return the buffer, so an idle direction keeps none.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.buffer = None,
+                // Nothing to read; the buffer goes back on the next poll above.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => {
                     return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
                 }

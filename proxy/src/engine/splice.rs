@@ -52,6 +52,10 @@ const POOL_MAX: usize = 64;
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
 static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// Pipes lent out right now, for tests of the no-pipe-while-idle rule.
+#[cfg(test)]
+pub(super) static LEASED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static PROBED: OnceLock<bool> = OnceLock::new();
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
@@ -145,7 +149,13 @@ impl SpliceState {
                 continue;
             }
 
-            if let Err(error) = ready!(src.poll_read_ready(cx)) {
+            let Poll::Ready(readiness) = src.poll_read_ready(cx) else {
+                // The pipe is empty: return it while waiting for data, so an idle
+                // direction keeps none.
+                self.pipe = None;
+                return Poll::Pending;
+            };
+            if let Err(error) = readiness {
                 return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
             }
             let lease = match self.pipe {
@@ -178,8 +188,8 @@ impl SpliceState {
                     lease.in_pipe = filled;
                     tally.touch();
                 }
-                // The source has no data: give the empty pipe back while waiting.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.pipe = None,
+                // The source has no data; the pipe goes back on the next poll above.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 // The pipe is empty, so falling back loses nothing.
                 Err(error) if is_unsupported(&error) => {
                     self.pipe = None;
@@ -249,6 +259,8 @@ impl PipeLease {
             Some(pipe) => pipe,
             None => Pipe::new()?,
         };
+        #[cfg(test)]
+        LEASED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(Self {
             pipe: Some(pipe),
             in_pipe: 0,
@@ -265,6 +277,8 @@ impl Drop for PipeLease {
         let Some(pipe) = self.pipe.take() else {
             return;
         };
+        #[cfg(test)]
+        LEASED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         if self.in_pipe > 0 {
             return;
         }
