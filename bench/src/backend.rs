@@ -92,8 +92,8 @@ impl BackendStats {
     }
 }
 
-/// A running bench backend. Dropping it stops accepting; open connections end when their
-/// clients close them or the runtime shuts down.
+/// A running bench backend. Dropping it stops accepting. Open connections end when their
+/// clients close them, and those on the runtime also end when the runtime shuts down.
 #[derive(Debug)]
 pub struct Backend {
     local_addr: SocketAddr,
