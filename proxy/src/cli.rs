@@ -163,6 +163,10 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         Err(error) => tracing::warn!(%error, "Failed to raise the open file limit"),
     }
 
+    // NOTE: the work-stealing runtime wakes idle workers for each spawned connection
+    // task (eventfd writes and futex calls in strace), which caps the new-connection
+    // rate. One current-thread runtime per core, each on its own SO_REUSEPORT
+    // listener, would avoid those wakeups.
     let workers = std::thread::available_parallelism().map_or(1, |count| count.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -98,7 +98,7 @@ fn read_clearing_readiness(src: &TcpStream, buffer: &mut [u8]) -> io::Result<usi
         let read = rustix::io::read(src, &mut *buffer)?;
         if read > 0 && read < buffer.len() {
             short_read = read;
-            // Reporting WouldBlock is how `try_io` is told to clear the readiness.
+            // A WouldBlock result makes `try_io` clear the readiness.
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(read)

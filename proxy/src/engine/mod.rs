@@ -314,8 +314,8 @@ mod tests {
         (connected.unwrap(), accepted.unwrap().0)
     }
 
-    /// Checks that a connection that moved a few bytes and then went quiet holds no
-    /// buffer or pipe, for each engine (the idle memory budget depends on it).
+    /// Checks that a connection that moved a few bytes and then went quiet keeps no
+    /// buffer or pipe, for each engine, because the idle memory budget depends on it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_connection_leases_nothing() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -346,8 +346,8 @@ mod tests {
             upstream.read_exact(&mut byte).await.unwrap();
             upstream.write_all(b"R").await.unwrap();
             client.read_exact(&mut byte).await.unwrap();
-            // The proxy gives the lease back once it sees the socket drained, just after
-            // the byte left; poll until then, bounded so a leak fails the test.
+            // The proxy returns the lease when it finds the socket drained, just after
+            // the byte left. Poll until then, with a bound so that a leak fails the test.
             let mut waited = 0;
             while leased() != 0 && waited < 200 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
