@@ -61,7 +61,7 @@ pub enum EngineChoice {
     Auto,
     /// `splice`, falling back to `copy` when the platform cannot splice.
     Splice,
-    /// `copy`.
+    /// `copy`: buffered copy through user space, on every platform.
     Copy,
 }
 
