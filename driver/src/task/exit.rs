@@ -30,6 +30,9 @@ const SIGKILL_STATUS: i32 = 137;
 
 /// Share of the memory limit that the last sample must have reached for an exit by
 /// SIGKILL to count as an OOM kill.
+///
+/// NOTE: the samples come from TaskStats, which Nomad requests for every running task.
+/// Without a recent sample near the limit, an OOM kill reads as a plain SIGKILL.
 const OOM_EVIDENCE_RATIO: f64 = 0.9;
 
 /// Starts the supervisor in its own session and reaps it in the background.

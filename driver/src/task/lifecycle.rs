@@ -399,7 +399,11 @@ impl Lifecycle {
                 match sample {
                     Ok(Some(sample)) => {
                         let now = Instant::now();
-                        task.record_memory(sample.memory_usage_bytes.unwrap_or(0));
+                        // A sample without memory use must not erase the evidence of
+                        // an OOM kill.
+                        if let Some(bytes) = sample.memory_usage_bytes {
+                            task.record_memory(bytes);
+                        }
                         let stats = task_stats(&task.id, &sample, now, previous, context.compute);
                         previous = sample.cpu_usage_usec.map(|usage_usec| CpuSample {
                             usage_usec,

@@ -510,6 +510,7 @@ fn launch(store: &Store, id: &str) -> Result<(), Failure> {
     for file in ["exit", "image.pid"] {
         store.remove(id, file);
     }
+    let _ = fs::remove_file(store.last_exit_path(id));
     File::create(dir.join("stdout.log"))?;
     File::create(dir.join("stderr.log"))?;
     store.write_number(id, "ip", i64::from(octet))?;
@@ -545,7 +546,9 @@ fn follow(store: &Store, id: &str) -> Outcome {
     let mut stdout = File::open(dir.join("stdout.log"))?;
     let mut stderr = File::open(dir.join("stderr.log"))?;
     loop {
-        let exited = store.read_number(id, "exit");
+        let exited = fs::read_to_string(store.last_exit_path(id))
+            .ok()
+            .and_then(|text| text.trim().parse::<i64>().ok());
         let copied =
             copy_new(&mut stdout, &mut io::stdout())? + copy_new(&mut stderr, &mut io::stderr())?;
         if let Some(status) = exited {
@@ -553,10 +556,6 @@ fn follow(store: &Store, id: &str) -> Outcome {
             copy_new(&mut stdout, &mut io::stdout())?;
             copy_new(&mut stderr, &mut io::stderr())?;
             return Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)));
-        }
-        if !dir.exists() {
-            // Deleted while attached: the real CLI loses its connection and fails.
-            return Err(Failure::runtime(format!("container {id} was deleted")));
         }
         if copied == 0 {
             std::thread::sleep(Duration::from_millis(10));
@@ -607,6 +606,7 @@ fn monitor(store: &Store, args: &[String]) -> Outcome {
     };
 
     store.write_number(&id, "exit", i64::from(status))?;
+    crate::store::write_atomic(&store.last_exit_path(&id), status.to_string())?;
     store.remove(&id, "ip");
     store.remove(&id, "running");
     Ok(ExitCode::SUCCESS)
@@ -873,17 +873,22 @@ fn stats(store: &Store, args: &[String]) -> Outcome {
         };
         let pid = u32::try_from(pid.as_raw_nonzero().get()).unwrap_or(0);
         let config = store.config(id)?;
-        entries.push(json!({
+        let mut entry = json!({
             "id": id,
-            "cpuUsageUsec": cpu_usec(pid).unwrap_or(0),
-            "memoryUsageBytes": rss_bytes(pid).unwrap_or(0),
             "memoryLimitBytes": config.memory_bytes,
-            "numProcesses": 1,
             "networkRxBytes": 0,
             "networkTxBytes": 0,
             "blockReadBytes": 0,
             "blockWriteBytes": 0,
-        }));
+        });
+        // As the real CLI does, fields the guest could not report are left out, here
+        // when the process has just exited.
+        if let (Some(cpu), Some(memory)) = (cpu_usec(pid), rss_bytes(pid)) {
+            entry["cpuUsageUsec"] = cpu.into();
+            entry["memoryUsageBytes"] = memory.into();
+            entry["numProcesses"] = 1.into();
+        }
+        entries.push(entry);
     }
     println!(
         "{}",

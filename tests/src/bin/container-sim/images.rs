@@ -6,7 +6,7 @@
 //! | `styx/http-env` | `[port=8080]` | HTTP server answering every request with its environment |
 //! | `styx/echo` | `[port=7]` | TCP echo |
 //! | `styx/exit` | `[code=0] [delay_ms=0]` | exits with `code` after `delay_ms` |
-//! | `styx/ignore-term` | | ignores SIGTERM and runs until killed |
+//! | `styx/ignore-term` | | prints `ready`, then ignores SIGTERM until killed |
 //! | `styx/chatter` | `[interval_ms=50]` | writes `out N` to stdout and `err N` to stderr |
 //! | `styx/memory-grower` | `[step_mib=8] [interval_ms=50]` | allocates memory until killed |
 
@@ -122,6 +122,7 @@ fn ignore_term() -> io::Result<i32> {
         // Installing a handler replaces the default action, which would end the process.
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        println!("ready");
         loop {
             terminate.recv().await;
             println!("ignoring SIGTERM");

@@ -86,6 +86,7 @@ impl ContainerConfig {
 impl Store {
     pub fn open(root: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(root.join("containers"))?;
+        fs::create_dir_all(root.join("exits"))?;
         Ok(Self { root })
     }
 
@@ -106,6 +107,12 @@ impl Store {
 
     pub fn system_stopped(&self) -> bool {
         self.root.join("system-stopped").exists()
+    }
+
+    /// Exit status file of the last run of `id`, kept outside the container folder so
+    /// that an attached `start` still reads it when a forced delete removes the folder.
+    pub fn last_exit_path(&self, id: &str) -> PathBuf {
+        self.root.join("exits").join(id)
     }
 
     pub fn dir(&self, id: &str) -> PathBuf {

@@ -1,0 +1,855 @@
+//! The task lifecycle of `styx-driver`, driven as a Nomad client drives it, over the
+//! `container-sim` simulator: start, reach through the published port, stats, signals,
+//! stop, exit codes, destroy, logs, and recovery in a relaunched plugin.
+//!
+//! Timeouts only stop a hung test; no test asserts a speed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use styx_driver::proto::base::{
+    ClientTopology, ClientTopologyCore, ConfigSchemaRequest, NomadConfig, NomadDriverConfig,
+    SetConfigRequest,
+};
+use styx_driver::proto::drivers::{
+    DestroyTaskRequest, DriverTaskEvent, ExecTaskRequest, InspectTaskRequest, RecoverTaskRequest,
+    SignalTaskRequest, StartTaskRequest, StartTaskResponse, StopTaskRequest, TaskConfig,
+    TaskConfigSchemaRequest, TaskEventsRequest, TaskHandle, TaskState, TaskStatsRequest,
+    WaitTaskRequest, WaitTaskResponse,
+};
+use styx_driver::proto::hclspec::Spec;
+use styx_driver::task::status_is_recoverable;
+use styx_tests::cty::{Value, encode_with_spec};
+use styx_tests::nomad::{LaunchOptions, Plugin, send_signal};
+use styx_tests::sim::Simulator;
+use styx_tests::task::{Port, PreparedTask, TaskSpec, free_port, prepare};
+use tonic::{Code, Status, Streaming};
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_styx-driver-under-test");
+const SIMULATOR: &str = env!("CARGO_BIN_EXE_container-sim");
+
+/// Stops a test that hangs; generous because several builds share a busy machine.
+const HANG_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One simulated Mac: a simulator state directory, a plugin, and the alloc dirs.
+struct Harness {
+    dir: tempfile::TempDir,
+    sim: Simulator,
+    plugin: Plugin,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        Self::start_with_env(Vec::new()).await
+    }
+
+    async fn start_with_env(extra_env: Vec<(String, String)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Simulator::new(Path::new(SIMULATOR), &dir.path().join("sim"));
+        let plugin = launch(dir.path(), &sim, &extra_env).await;
+        Self {
+            dir,
+            sim,
+            plugin,
+            extra_env,
+        }
+    }
+
+    /// Kills the plugin with SIGKILL, as a crash would, and launches a new one.
+    async fn relaunch(&mut self) {
+        let pid = self.plugin.pid().expect("plugin runs");
+        send_signal(pid, "-KILL").unwrap();
+        self.plugin.wait_exit(HANG_TIMEOUT).await.unwrap();
+        self.plugin = launch(self.dir.path(), &self.sim, &self.extra_env).await;
+    }
+
+    async fn schema(&self) -> Spec {
+        self.plugin
+            .driver()
+            .task_config_schema(TaskConfigSchemaRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .spec
+            .unwrap()
+    }
+
+    /// Prepares the task's directories and FIFOs and calls StartTask.
+    async fn start_task(
+        &self,
+        spec: &TaskSpec,
+        body: &Value,
+    ) -> (PreparedTask, Result<StartTaskResponse, Status>) {
+        let config = encode_with_spec(&self.schema().await, body).unwrap();
+        let prepared = prepare(self.dir.path(), spec, config);
+        let request = StartTaskRequest {
+            task: Some(prepared.config.clone()),
+        };
+        let response = tokio::time::timeout(HANG_TIMEOUT, self.plugin.driver().start_task(request))
+            .await
+            .expect("StartTask returns");
+        (prepared, response.map(tonic::Response::into_inner))
+    }
+
+    async fn wait(&self, id: &str) -> WaitTaskResponse {
+        let request = WaitTaskRequest {
+            task_id: id.to_owned(),
+        };
+        tokio::time::timeout(HANG_TIMEOUT, self.plugin.driver().wait_task(request))
+            .await
+            .expect("task exits")
+            .expect("WaitTask succeeds")
+            .into_inner()
+    }
+
+    async fn stop(&self, id: &str, timeout: Duration, signal: &str) {
+        let request = StopTaskRequest {
+            task_id: id.to_owned(),
+            timeout: Some(timeout.try_into().unwrap()),
+            signal: signal.to_owned(),
+        };
+        self.plugin
+            .driver()
+            .stop_task(request)
+            .await
+            .expect("StopTask succeeds");
+    }
+
+    async fn destroy(&self, id: &str) {
+        let request = DestroyTaskRequest {
+            task_id: id.to_owned(),
+            force: true,
+        };
+        self.plugin
+            .driver()
+            .destroy_task(request)
+            .await
+            .expect("DestroyTask succeeds");
+    }
+
+    async fn recover(&self, handle: TaskHandle) -> Result<(), Status> {
+        // Nomad leaves task_id empty.
+        let request = RecoverTaskRequest {
+            task_id: String::new(),
+            handle: Some(handle),
+        };
+        self.plugin.driver().recover_task(request).await.map(drop)
+    }
+
+    async fn inspect_state(&self, id: &str) -> TaskState {
+        let response = self
+            .plugin
+            .driver()
+            .inspect_task(InspectTaskRequest {
+                task_id: id.to_owned(),
+            })
+            .await
+            .expect("InspectTask succeeds")
+            .into_inner();
+        let task = response.task.expect("task status is set");
+        assert!(task.started_at.is_some(), "started_at is always set");
+        assert!(task.completed_at.is_some(), "completed_at is always set");
+        assert!(task.result.is_some(), "result is always set");
+        TaskState::try_from(task.state).unwrap()
+    }
+
+    async fn events(&self) -> Streaming<DriverTaskEvent> {
+        self.plugin
+            .driver()
+            .task_events(TaskEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+/// Launches the plugin with the simulator's environment and configures it as a Nomad
+/// agent would: container path, loopback bind address, and the node's CPU topology.
+async fn launch(dir: &Path, sim: &Simulator, extra_env: &[(String, String)]) -> Plugin {
+    let mut env = sim.env();
+    env.extend(extra_env.iter().cloned());
+    let options = LaunchOptions {
+        socket_dir: Some(dir.to_owned()),
+        env,
+        ..LaunchOptions::default()
+    };
+    let plugin = Plugin::start(Path::new(PLUGIN), &options)
+        .await
+        .expect("plugin starts");
+
+    let schema = plugin
+        .base()
+        .config_schema(ConfigSchemaRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .spec
+        .unwrap();
+    let body = Value::object([
+        ("container_path", Value::string(SIMULATOR)),
+        ("bind_address", Value::string("127.0.0.1")),
+        ("command_timeout", Value::string("20s")),
+    ]);
+    let core = ClientTopologyCore {
+        base_speed: 2000,
+        ..ClientTopologyCore::default()
+    };
+    let request = SetConfigRequest {
+        msgpack_config: encode_with_spec(&schema, &body).unwrap(),
+        nomad_config: Some(NomadConfig {
+            driver: Some(NomadDriverConfig {
+                client_min_port: 14000,
+                client_max_port: 14512,
+                topology: Some(ClientTopology {
+                    cores: vec![core; 4],
+                    ..ClientTopology::default()
+                }),
+            }),
+        }),
+        plugin_api_version: "v0.1.0".to_owned(),
+    };
+    plugin
+        .base()
+        .set_config(request)
+        .await
+        .expect("config accepted");
+    plugin
+}
+
+fn image(image: &str, args: &[&str]) -> Value {
+    Value::object([
+        ("image", Value::string(image)),
+        ("args", Value::strings(args)),
+    ])
+}
+
+fn image_with_ports(image: &str, args: &[&str], ports: &[&str]) -> Value {
+    Value::object([
+        ("image", Value::string(image)),
+        ("args", Value::strings(args)),
+        ("ports", Value::strings(ports)),
+    ])
+}
+
+fn http_spec(name: &str) -> TaskSpec {
+    let mut spec = TaskSpec::new(name);
+    spec.ports = vec![Port {
+        label: "http".to_owned(),
+        value: free_port(),
+        to: 8080,
+    }];
+    spec
+}
+
+/// Sends one HTTP request to `addr` and returns the response, retrying while the
+/// server in the container is still starting.
+fn http_get(addr: SocketAddr) -> String {
+    let deadline = Instant::now() + HANG_TIMEOUT;
+    loop {
+        match try_http_get(addr) {
+            Ok(response) if response.starts_with("HTTP/1.1 200") => return response,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no HTTP answer from {addr}: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn try_http_get(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+fn published_addr(response: &StartTaskResponse, label: &str) -> SocketAddr {
+    let network = response
+        .network_override
+        .as_ref()
+        .expect("driver network is set");
+    let port = network.port_map[label];
+    SocketAddr::new(network.addr.parse().unwrap(), u16::try_from(port).unwrap())
+}
+
+/// Kills a task's supervisor with SIGKILL, so that nothing records the exit.
+fn kill_supervisor(config: &TaskConfig) {
+    let pid_file = styx_tests::task::state_file(config, "supervisor.pid");
+    let supervisor_pid = std::fs::read_to_string(pid_file).unwrap();
+    send_signal(supervisor_pid.trim().parse().unwrap(), "-KILL").unwrap();
+}
+
+async fn next_event(events: &mut Streaming<DriverTaskEvent>) -> DriverTaskEvent {
+    tokio::time::timeout(HANG_TIMEOUT, events.message())
+        .await
+        .expect("an event arrives")
+        .expect("the event stream has no error")
+        .expect("the event stream is open")
+}
+
+/// Waits until `condition` holds, polling every 50 ms.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG_TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn http_task_start_to_destroy() {
+    let harness = Harness::start().await;
+    let spec = http_spec("web");
+    let (prepared, response) = harness
+        .start_task(&spec, &image_with_ports("styx/http-env", &[], &["http"]))
+        .await;
+    let response = response.expect("StartTask succeeds");
+    let id = prepared.config.id.clone();
+    let container = styx_driver::task::container_name(&spec.alloc_id, "web");
+
+    let handle = response.handle.clone().expect("handle is set");
+    assert_eq!(handle.version, 1);
+    assert_eq!(handle.config.as_ref().unwrap().id, id);
+    let network = response
+        .network_override
+        .clone()
+        .expect("driver network is set");
+    assert_eq!(network.addr, "127.0.0.1");
+    assert_eq!(network.port_map["http"], i32::from(spec.ports[0].value));
+    assert!(!network.auto_advertise);
+
+    // Through the driver's listener to the container's server, which prints its env.
+    let addr = published_addr(&response, "http");
+    let body = tokio::task::spawn_blocking(move || http_get(addr))
+        .await
+        .unwrap();
+    assert!(body.contains("NOMAD_TASK_NAME=web"), "{body}");
+    assert!(
+        body.contains(&format!("NOMAD_ALLOC_ID={}", spec.alloc_id)),
+        "{body}"
+    );
+
+    // Explicit resources, never the CLI's 1 GiB default: 500 MHz on 2000 MHz cores.
+    let inspect = harness.sim.run(["inspect", container.as_str()]);
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("\"memoryInBytes\" : 268435456"), "{text}");
+    assert!(text.contains("\"cpus\" : 1"), "{text}");
+
+    let mut stats = harness
+        .plugin
+        .driver()
+        .task_stats(TaskStatsRequest {
+            task_id: id.clone(),
+            collection_interval: Some(Duration::from_millis(200).try_into().unwrap()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let sample = tokio::time::timeout(HANG_TIMEOUT, stats.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a stats message")
+        .stats
+        .expect("stats are set");
+    assert!(sample.timestamp.is_some());
+    let usage = sample.agg_resource_usage.expect("aggregate usage is set");
+    assert!(usage.memory.unwrap().rss > 0);
+    assert!(usage.cpu.is_some());
+    assert_eq!(harness.inspect_state(&id).await, TaskState::Running);
+
+    harness.stop(&id, Duration::from_secs(5), "SIGTERM").await;
+    let exit = harness.wait(&id).await;
+    let result = exit.result.unwrap();
+    assert_eq!(result.exit_code, 143);
+    assert_eq!(result.signal, 15);
+    assert!(!result.oom_killed);
+    assert_eq!(harness.inspect_state(&id).await, TaskState::Exited);
+
+    harness.destroy(&id).await;
+    assert!(!harness.sim.exists(&container), "container is deleted");
+    assert!(TcpStream::connect(addr).is_err(), "listener is closed");
+    let plugin_pid = harness.plugin.pid().unwrap();
+    eventually("no process left", || {
+        harness
+            .sim
+            .live_processes()
+            .iter()
+            .all(|pid| *pid == plugin_pid)
+    })
+    .await;
+    let status = harness
+        .plugin
+        .driver()
+        .inspect_task(InspectTaskRequest {
+            task_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn exit_codes_reported() {
+    let harness = Harness::start().await;
+    for code in ["0", "3"] {
+        let spec = TaskSpec::new(&format!("exit{code}"));
+        let (prepared, response) = harness
+            .start_task(&spec, &image("styx/exit", &[code, "200"]))
+            .await;
+        response.expect("StartTask succeeds");
+
+        let exit = harness.wait(&prepared.config.id).await;
+        let result = exit.result.unwrap();
+        assert_eq!(result.exit_code.to_string(), code);
+        assert_eq!(result.signal, 0);
+        assert!(exit.err.is_empty(), "{}", exit.err);
+        harness.destroy(&prepared.config.id).await;
+    }
+}
+
+#[tokio::test]
+async fn memory_growth_reports_oom() {
+    let harness = Harness::start().await;
+    let mut events = harness.events().await;
+    let mut spec = TaskSpec::new("grower");
+    spec.memory_mb = 200;
+    let (prepared, response) = harness
+        .start_task(&spec, &image("styx/memory-grower", &["1", "50"]))
+        .await;
+    response.expect("StartTask succeeds");
+    let id = prepared.config.id.clone();
+
+    // Nomad samples stats of every running task; the samples are the OOM evidence.
+    let mut stats = harness
+        .plugin
+        .driver()
+        .task_stats(TaskStatsRequest {
+            task_id: id.clone(),
+            collection_interval: Some(Duration::from_millis(100).try_into().unwrap()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move { while let Ok(Some(_)) = stats.message().await {} });
+
+    let result = harness.wait(&id).await.result.unwrap();
+    assert_eq!(result.exit_code, 137);
+    assert_eq!(result.signal, 9);
+    assert!(result.oom_killed);
+    let event = next_event(&mut events).await;
+    assert_eq!(event.task_id, id);
+    assert_eq!(event.task_name, "grower");
+    assert!(event.message.contains("OOM killed"), "{}", event.message);
+    harness.destroy(&id).await;
+}
+
+#[tokio::test]
+async fn signals_reach_container() {
+    let harness = Harness::start().await;
+    let spec = TaskSpec::new("stubborn");
+    let (prepared, response) = harness
+        .start_task(&spec, &image("styx/ignore-term", &[]))
+        .await;
+    response.expect("StartTask succeeds");
+    let id = prepared.config.id.clone();
+
+    let signal = |name: &str| SignalTaskRequest {
+        task_id: id.clone(),
+        signal: name.to_owned(),
+    };
+    eventually("the image to install its handler", || {
+        prepared.stdout.lines().iter().any(|line| line == "ready")
+    })
+    .await;
+    harness
+        .plugin
+        .driver()
+        .signal_task(signal("SIGTERM"))
+        .await
+        .unwrap();
+    eventually("the image to log the ignored signal", || {
+        prepared
+            .stdout
+            .lines()
+            .iter()
+            .any(|line| line == "ignoring SIGTERM")
+    })
+    .await;
+    assert_eq!(harness.inspect_state(&id).await, TaskState::Running);
+
+    // StopTask sends SIGTERM, waits its timeout, then kills.
+    harness.stop(&id, Duration::from_secs(1), "SIGTERM").await;
+    let result = harness.wait(&id).await.result.unwrap();
+    assert_eq!(result.exit_code, 137);
+    assert!(
+        !result.oom_killed,
+        "a kill far below the memory limit is no OOM"
+    );
+    harness.destroy(&id).await;
+}
+
+#[tokio::test]
+async fn exec_runs_command() {
+    let harness = Harness::start().await;
+    let spec = TaskSpec::new("shell");
+    let (prepared, response) = harness
+        .start_task(&spec, &image("styx/exit", &["0", "60000"]))
+        .await;
+    response.expect("StartTask succeeds");
+    let id = prepared.config.id.clone();
+
+    let request = ExecTaskRequest {
+        task_id: id.clone(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo $NOMAD_TASK_NAME; echo oops >&2; exit 3".into(),
+        ],
+        timeout: Some(Duration::from_secs(10).try_into().unwrap()),
+    };
+    let response = harness
+        .plugin
+        .driver()
+        .exec_task(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.stdout, b"shell\n");
+    assert_eq!(response.stderr, b"oops\n");
+    assert_eq!(response.result.expect("result is set").exit_code, 3);
+    harness.destroy(&id).await;
+}
+
+/// Checks that `lines` are `<prefix> 0`, `<prefix> 1`, ... with no gap or repeat.
+fn assert_consecutive(lines: &[String], prefix: &str) {
+    for (index, line) in lines.iter().enumerate() {
+        assert_eq!(
+            line,
+            &format!("{prefix} {index}"),
+            "line {index} of {lines:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn plugin_crash_keeps_tasks() {
+    let mut harness = Harness::start().await;
+    let chatter_spec = TaskSpec::new("chatter");
+    let (chatter, response) = harness
+        .start_task(&chatter_spec, &image("styx/chatter", &["20"]))
+        .await;
+    let chatter_handle = response.expect("StartTask succeeds").handle.unwrap();
+    let web_spec = http_spec("web");
+    let (web, response) = harness
+        .start_task(
+            &web_spec,
+            &image_with_ports("styx/http-env", &[], &["http"]),
+        )
+        .await;
+    let response = response.expect("StartTask succeeds");
+    let web_handle = response.handle.clone().unwrap();
+    let addr = published_addr(&response, "http");
+
+    eventually("output before the crash", || {
+        chatter.stdout.lines().len() >= 5
+    })
+    .await;
+    harness.relaunch().await;
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "listeners died with the plugin"
+    );
+    let lines_at_crash = chatter.stdout.lines().len();
+
+    harness
+        .recover(chatter_handle)
+        .await
+        .expect("RecoverTask succeeds");
+    harness
+        .recover(web_handle.clone())
+        .await
+        .expect("RecoverTask succeeds");
+    harness
+        .recover(web_handle)
+        .await
+        .expect("a second RecoverTask is a no-op");
+
+    let body = tokio::task::spawn_blocking(move || http_get(addr))
+        .await
+        .unwrap();
+    assert!(body.contains("NOMAD_TASK_NAME=web"), "{body}");
+    eventually("output after recovery", || {
+        chatter.stdout.lines().len() >= lines_at_crash + 10
+    })
+    .await;
+
+    let id = chatter.config.id.clone();
+    harness.stop(&id, Duration::from_secs(5), "").await;
+    let result = harness.wait(&id).await.result.unwrap();
+    assert_eq!(result.exit_code, 143);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_consecutive(&chatter.stdout.lines(), "out");
+    assert_consecutive(&chatter.stderr.lines(), "err");
+    assert!(chatter.stderr.lines().len() >= 10);
+
+    harness
+        .stop(&web.config.id, Duration::from_secs(5), "SIGTERM")
+        .await;
+    assert_eq!(
+        harness.wait(&web.config.id).await.result.unwrap().exit_code,
+        143
+    );
+    harness.destroy(&id).await;
+    harness.destroy(&web.config.id).await;
+}
+
+#[tokio::test]
+async fn deleted_container_reported_exited() {
+    let mut harness = Harness::start().await;
+    let spec = TaskSpec::new("victim");
+    let (prepared, response) = harness
+        .start_task(&spec, &image("styx/exit", &["0", "60000"]))
+        .await;
+    response.expect("StartTask succeeds");
+    let container = styx_driver::task::container_name(&spec.alloc_id, "victim");
+
+    let deleted = harness.sim.run(["delete", "--force", container.as_str()]);
+    assert!(deleted.status.success());
+    let exit = harness.wait(&prepared.config.id).await;
+    assert_eq!(exit.result.unwrap().exit_code, 137);
+    harness.destroy(&prepared.config.id).await;
+
+    // The same while the plugin is down: recovery finds no container.
+    let spec = TaskSpec::new("victim2");
+    let (prepared, response) = harness
+        .start_task(&spec, &image("styx/exit", &["0", "60000"]))
+        .await;
+    let handle = response.expect("StartTask succeeds").handle.unwrap();
+    let container = styx_driver::task::container_name(&spec.alloc_id, "victim2");
+    harness.relaunch().await;
+    // Kill the supervisor too, so nothing recorded the exit.
+    kill_supervisor(&prepared.config);
+    assert!(
+        harness
+            .sim
+            .run(["delete", "--force", container.as_str()])
+            .status
+            .success()
+    );
+
+    let mut events = harness.events().await;
+    harness.recover(handle).await.expect("RecoverTask succeeds");
+    let exit = harness.wait(&prepared.config.id).await;
+    assert!(exit.err.contains("no longer exists"), "{}", exit.err);
+    let event = next_event(&mut events).await;
+    assert!(
+        event.message.contains("no longer exists"),
+        "{}",
+        event.message
+    );
+    harness.destroy(&prepared.config.id).await;
+}
+
+#[tokio::test]
+async fn supervisor_gone_falls_back_to_inspect() {
+    let mut harness = Harness::start().await;
+    let spec = TaskSpec::new("orphan");
+    let (prepared, response) = harness
+        .start_task(&spec, &image("styx/exit", &["0", "60000"]))
+        .await;
+    let handle = response.expect("StartTask succeeds").handle.unwrap();
+    let container = styx_driver::task::container_name(&spec.alloc_id, "orphan");
+
+    harness.relaunch().await;
+    kill_supervisor(&prepared.config);
+
+    let mut events = harness.events().await;
+    harness.recover(handle).await.expect("RecoverTask succeeds");
+    let event = next_event(&mut events).await;
+    assert!(
+        event.message.contains("exit code is unknown"),
+        "{}",
+        event.message
+    );
+
+    assert!(
+        harness
+            .sim
+            .run(["stop", "-t", "1", container.as_str()])
+            .status
+            .success()
+    );
+    let exit = harness.wait(&prepared.config.id).await;
+    assert_eq!(exit.result.unwrap().exit_code, 0);
+    assert!(exit.err.contains("unknown"), "{}", exit.err);
+    harness.destroy(&prepared.config.id).await;
+}
+
+#[tokio::test]
+async fn start_errors_are_clear() {
+    let harness = Harness::start().await;
+
+    let (_, response) = harness
+        .start_task(&TaskSpec::new("typo"), &image("styx/nope", &[]))
+        .await;
+    let status = response.unwrap_err();
+    assert!(
+        status.message().contains("401 Unauthorized"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        !status_is_recoverable(&status),
+        "a missing image stays missing"
+    );
+
+    let spec = TaskSpec::new("taken");
+    let container = styx_driver::task::container_name(&spec.alloc_id, "taken");
+    let created = harness.sim.run([
+        "create",
+        "--name",
+        container.as_str(),
+        "--memory",
+        "256m",
+        "styx/echo",
+    ]);
+    assert!(created.status.success());
+    assert!(
+        harness
+            .sim
+            .run(["start", container.as_str()])
+            .status
+            .success()
+    );
+    let (_, response) = harness.start_task(&spec, &image("styx/echo", &[])).await;
+    let status = response.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("is taken"),
+        "{}",
+        status.message()
+    );
+    assert!(!status_is_recoverable(&status));
+    harness.sim.run(["delete", "--force", container.as_str()]);
+
+    harness.sim.set_system_running(false);
+    let (_, response) = harness
+        .start_task(&TaskSpec::new("down"), &image("styx/echo", &[]))
+        .await;
+    let status = response.unwrap_err();
+    assert!(
+        status.message().contains("XPC connection error"),
+        "{}",
+        status.message()
+    );
+    assert!(status_is_recoverable(&status), "the service may come back");
+    harness.sim.set_system_running(true);
+}
+
+#[tokio::test]
+async fn thirty_tasks_recover_together() {
+    const TASKS: usize = 30;
+    let mut harness = Harness::start().await;
+    let mut tasks = Vec::new();
+    for index in 0..TASKS {
+        let mut spec = TaskSpec::new(&format!("echo{index}"));
+        spec.ports = vec![Port {
+            label: "echo".to_owned(),
+            value: free_port(),
+            to: 7,
+        }];
+        let (prepared, response) = harness
+            .start_task(&spec, &image_with_ports("styx/echo", &[], &["echo"]))
+            .await;
+        let response = response.expect("StartTask succeeds");
+        tasks.push((prepared, response));
+    }
+
+    harness.relaunch().await;
+    let started = Instant::now();
+    let mut recoveries = tokio::task::JoinSet::new();
+    for (_, response) in &tasks {
+        let mut driver = harness.plugin.driver();
+        let request = RecoverTaskRequest {
+            task_id: String::new(),
+            handle: response.handle.clone(),
+        };
+        recoveries.spawn(async move { driver.recover_task(request).await });
+    }
+    while let Some(result) = recoveries.join_next().await {
+        result.unwrap().expect("RecoverTask succeeds");
+    }
+    let elapsed = started.elapsed();
+    println!("recovered {TASKS} tasks in {elapsed:?}");
+    assert!(elapsed < HANG_TIMEOUT);
+
+    for (prepared, response) in &tasks {
+        let addr = published_addr(response, "echo");
+        let echoed = tokio::task::spawn_blocking(move || echo_once(addr))
+            .await
+            .unwrap();
+        assert_eq!(echoed, b"ping");
+        harness.destroy(&prepared.config.id).await;
+    }
+}
+
+fn echo_once(addr: SocketAddr) -> Vec<u8> {
+    let deadline = Instant::now() + HANG_TIMEOUT;
+    loop {
+        let attempt = (|| -> std::io::Result<Vec<u8>> {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"ping")?;
+            stream.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply)?;
+            Ok(reply)
+        })();
+        match attempt {
+            Ok(reply) if !reply.is_empty() => return reply,
+            other => {
+                assert!(Instant::now() < deadline, "no echo from {addr}: {other:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn older_json_layouts_work() {
+    for layout in ["0.7", "0.8", "1.4"] {
+        let harness =
+            Harness::start_with_env(vec![("CONTAINER_SIM_LAYOUT".to_owned(), layout.to_owned())])
+                .await;
+        let spec = http_spec("web");
+        let (prepared, response) = harness
+            .start_task(&spec, &image_with_ports("styx/http-env", &[], &["http"]))
+            .await;
+        let response = response.unwrap_or_else(|status| panic!("layout {layout}: {status}"));
+
+        let addr = published_addr(&response, "http");
+        let body = tokio::task::spawn_blocking(move || http_get(addr))
+            .await
+            .unwrap();
+        assert!(
+            body.contains("NOMAD_TASK_NAME=web"),
+            "layout {layout}: {body}"
+        );
+
+        harness
+            .stop(&prepared.config.id, Duration::from_secs(5), "SIGTERM")
+            .await;
+        let result = harness.wait(&prepared.config.id).await.result.unwrap();
+        assert_eq!(result.exit_code, 143, "layout {layout}");
+        harness.destroy(&prepared.config.id).await;
+    }
+}
