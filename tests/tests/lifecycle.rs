@@ -39,6 +39,7 @@ struct Harness {
     sim: Simulator,
     plugin: Plugin,
     extra_env: Vec<(String, String)>,
+    recover_stopped: bool,
 }
 
 impl Harness {
@@ -49,12 +50,13 @@ impl Harness {
     async fn start_with_env(extra_env: Vec<(String, String)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sim = Simulator::new(Path::new(SIMULATOR), &dir.path().join("sim"));
-        let plugin = launch(dir.path(), &sim, &extra_env).await;
+        let plugin = launch(dir.path(), &sim, &extra_env, false).await;
         Self {
             dir,
             sim,
             plugin,
             extra_env,
+            recover_stopped: false,
         }
     }
 
@@ -63,7 +65,13 @@ impl Harness {
         let pid = self.plugin.pid().expect("plugin runs");
         send_signal(pid, "-KILL").unwrap();
         self.plugin.wait_exit(HANG_TIMEOUT).await.unwrap();
-        self.plugin = launch(self.dir.path(), &self.sim, &self.extra_env).await;
+        self.plugin = launch(
+            self.dir.path(),
+            &self.sim,
+            &self.extra_env,
+            self.recover_stopped,
+        )
+        .await;
     }
 
     async fn schema(&self) -> Spec {
@@ -168,7 +176,12 @@ impl Harness {
 
 /// Launches the plugin with the simulator's environment and configures it as a Nomad
 /// agent would: container path, loopback bind address, and the node's CPU topology.
-async fn launch(dir: &Path, sim: &Simulator, extra_env: &[(String, String)]) -> Plugin {
+async fn launch(
+    dir: &Path,
+    sim: &Simulator,
+    extra_env: &[(String, String)],
+    recover_stopped: bool,
+) -> Plugin {
     let mut env = sim.env();
     env.extend(extra_env.iter().cloned());
     let options = LaunchOptions {
@@ -192,6 +205,7 @@ async fn launch(dir: &Path, sim: &Simulator, extra_env: &[(String, String)]) -> 
         ("container_path", Value::string(SIMULATOR)),
         ("bind_address", Value::string("127.0.0.1")),
         ("command_timeout", Value::string("20s")),
+        ("recover_stopped", Value::Bool(recover_stopped)),
     ]);
     let core = ClientTopologyCore {
         base_speed: 2000,
@@ -852,4 +866,43 @@ async fn older_json_layouts_work() {
         assert_eq!(result.exit_code, 143, "layout {layout}");
         harness.destroy(&prepared.config.id).await;
     }
+}
+
+#[tokio::test]
+async fn stopped_container_started_again() {
+    let mut harness = Harness::start().await;
+    harness.recover_stopped = true;
+    let spec = http_spec("web");
+    let (prepared, response) = harness
+        .start_task(&spec, &image_with_ports("styx/http-env", &[], &["http"]))
+        .await;
+    let response = response.expect("StartTask succeeds");
+    let addr = published_addr(&response, "http");
+    let container = styx_driver::task::container_name(&spec.alloc_id, "web");
+
+    // A Mac reboot: the plugin and the supervisor die, the container stops unrecorded.
+    harness.relaunch().await;
+    kill_supervisor(&prepared.config);
+    let stopped = harness.sim.run(["stop", "-t", "1", container.as_str()]);
+    assert!(stopped.status.success());
+
+    harness
+        .recover(response.handle.unwrap())
+        .await
+        .expect("RecoverTask succeeds");
+    assert_eq!(
+        harness.inspect_state(&prepared.config.id).await,
+        TaskState::Running
+    );
+    let body = tokio::task::spawn_blocking(move || http_get(addr))
+        .await
+        .unwrap();
+    assert!(body.contains("NOMAD_TASK_NAME=web"), "{body}");
+
+    harness
+        .stop(&prepared.config.id, Duration::from_secs(5), "SIGTERM")
+        .await;
+    let result = harness.wait(&prepared.config.id).await.result.unwrap();
+    assert_eq!(result.exit_code, 143);
+    harness.destroy(&prepared.config.id).await;
 }

@@ -171,10 +171,11 @@ impl ContainerCli {
         }
     }
 
-    /// Runs `container create` and returns the ID it prints.
-    pub async fn create(&self, spec: &CreateSpec) -> Result<String, CliError> {
+    /// Runs `container create` and returns the ID it prints. `timeout` replaces the
+    /// usual limit, because create pulls a missing image first.
+    pub async fn create(&self, spec: &CreateSpec, timeout: Duration) -> Result<String, CliError> {
         let args = args::create_args(spec);
-        let output = self.run_checked(&args).await?;
+        let output = self.run_checked_within(&args, timeout).await?;
         first_line(&output.stdout).ok_or_else(|| CliError::UnexpectedOutput {
             command: self.command_line(&args),
             output: String::new(),

@@ -114,7 +114,9 @@ impl Lifecycle {
         create.env_file = Some(env_file.clone());
         create.env = inline_env;
 
-        let created = self.create_container(&cli, &create).await;
+        let created = self
+            .create_container(&cli, &create, context.config.image_pull_timeout)
+            .await;
         // The CLI has read the file; the environment may hold secrets.
         let _ = std::fs::remove_file(&env_file);
         created?;
@@ -143,8 +145,9 @@ impl Lifecycle {
         &self,
         cli: &ContainerCli,
         create: &crate::container::CreateSpec,
+        pull_timeout: Duration,
     ) -> Result<(), TaskError> {
-        let error = match cli.create(create).await {
+        let error = match cli.create(create, pull_timeout).await {
             Ok(_) => return Ok(()),
             Err(error) if error.kind() == FailureKind::AlreadyExists => error,
             Err(error) => return Err(error.into()),
@@ -156,7 +159,7 @@ impl Lifecycle {
             Some(record) if record.state == ContainerState::Stopped => {
                 tracing::info!(container = %create.name, "deleting stopped container left from an earlier attempt");
                 cli.delete(&create.name, false).await?;
-                cli.create(create).await?;
+                cli.create(create, pull_timeout).await?;
                 Ok(())
             }
             Some(_) => Err(TaskError::NameTaken {
@@ -226,8 +229,9 @@ impl Lifecycle {
 
     /// Rebuilds a task from its handle after a plugin restart. A container that is
     /// running gets new listeners (its address may have changed) and a new watcher. A
-    /// stopped or missing container is registered as exited, so WaitTask reports it
-    /// and Nomad applies the restart policy.
+    /// container that stopped without a recorded exit is started again when
+    /// `recover_stopped` is set. Any other stopped or missing container is registered
+    /// as exited, so WaitTask reports it and Nomad applies the restart policy.
     pub async fn recover(&self, context: &Context, handle: TaskHandle) -> Result<(), TaskError> {
         let config = handle
             .config
@@ -244,6 +248,19 @@ impl Lifecycle {
             .as_ref()
             .filter(|record| record.state == ContainerState::Running)
             .and_then(|record| record.ipv4);
+        let stopped_unrecorded = record.is_some()
+            && running.is_none()
+            && supervisor::read_exit_code(&state.state_dir).is_none();
+        if stopped_unrecorded && context.config.recover_stopped {
+            // Stopped by a reboot or a service restart, not by its own exit.
+            tracing::info!(task_id = %config.id, container = %state.container, "starting stopped container again (recover_stopped)");
+            let bind_ip = bind_ip_for(context, &state.ports)?;
+            for file in [supervisor::PID_FILE, supervisor::LOG_FILE] {
+                let _ = std::fs::remove_file(state.state_dir.join(file));
+            }
+            self.run_task(context, &cli, config, state, bind_ip).await?;
+            return Ok(());
+        }
         let Some(ip) = running else {
             let task = self.register(config, state, NetworkOverride::default(), None);
             let exit = match supervisor::read_exit_code(&task.state.state_dir) {
