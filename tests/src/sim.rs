@@ -5,6 +5,14 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use styx_driver::proto::base::{
+    ClientTopology, ClientTopologyCore, ConfigSchemaRequest, NomadConfig, NomadDriverConfig,
+    SetConfigRequest,
+};
+
+use crate::cty::{Value, encode_with_spec};
+use crate::nomad::{LaunchOptions, Plugin};
+
 /// The simulator binary and its state directory.
 #[derive(Debug, Clone)]
 pub struct Simulator {
@@ -93,4 +101,67 @@ impl Simulator {
             })
             .collect()
     }
+}
+
+/// Launches the plugin with the simulator's environment and configures it as a Nomad
+/// agent would: container path, loopback bind address, and the node's CPU topology.
+pub async fn launch_plugin(
+    binary: &Path,
+    dir: &Path,
+    sim: &Simulator,
+    extra_env: &[(String, String)],
+    recover_stopped: bool,
+) -> Plugin {
+    let mut env = sim.env();
+    env.extend(extra_env.iter().cloned());
+    let options = LaunchOptions {
+        socket_dir: Some(dir.to_owned()),
+        env,
+        ..LaunchOptions::default()
+    };
+    let plugin = Plugin::start(binary, &options)
+        .await
+        .expect("plugin starts");
+
+    let schema = plugin
+        .base()
+        .config_schema(ConfigSchemaRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .spec
+        .unwrap();
+    let body = Value::object([
+        (
+            "container_path",
+            Value::string(sim.binary().to_str().expect("UTF-8 path")),
+        ),
+        ("bind_address", Value::string("127.0.0.1")),
+        ("command_timeout", Value::string("20s")),
+        ("recover_stopped", Value::Bool(recover_stopped)),
+    ]);
+    let core = ClientTopologyCore {
+        base_speed: 2000,
+        ..ClientTopologyCore::default()
+    };
+    let request = SetConfigRequest {
+        msgpack_config: encode_with_spec(&schema, &body).unwrap(),
+        nomad_config: Some(NomadConfig {
+            driver: Some(NomadDriverConfig {
+                client_min_port: 14000,
+                client_max_port: 14512,
+                topology: Some(ClientTopology {
+                    cores: vec![core; 4],
+                    ..ClientTopology::default()
+                }),
+            }),
+        }),
+        plugin_api_version: "v0.1.0".to_owned(),
+    };
+    plugin
+        .base()
+        .set_config(request)
+        .await
+        .expect("config accepted");
+    plugin
 }

@@ -9,10 +9,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use styx_driver::proto::base::{
-    ClientTopology, ClientTopologyCore, ConfigSchemaRequest, NomadConfig, NomadDriverConfig,
-    SetConfigRequest,
-};
 use styx_driver::proto::drivers::{
     DestroyTaskRequest, DriverTaskEvent, ExecTaskRequest, InspectTaskRequest, RecoverTaskRequest,
     SignalTaskRequest, StartTaskRequest, StartTaskResponse, StopTaskRequest, TaskConfig,
@@ -22,8 +18,8 @@ use styx_driver::proto::drivers::{
 use styx_driver::proto::hclspec::Spec;
 use styx_driver::task::status_is_recoverable;
 use styx_tests::cty::{Value, encode_with_spec};
-use styx_tests::nomad::{LaunchOptions, Plugin, send_signal};
-use styx_tests::sim::Simulator;
+use styx_tests::nomad::{Plugin, send_signal};
+use styx_tests::sim::{Simulator, launch_plugin};
 use styx_tests::task::{Port, PreparedTask, TaskSpec, free_port, prepare};
 use tonic::{Code, Status, Streaming};
 
@@ -50,7 +46,7 @@ impl Harness {
     async fn start_with_env(extra_env: Vec<(String, String)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sim = Simulator::new(Path::new(SIMULATOR), &dir.path().join("sim"));
-        let plugin = launch(dir.path(), &sim, &extra_env, false).await;
+        let plugin = launch_plugin(Path::new(PLUGIN), dir.path(), &sim, &extra_env, false).await;
         Self {
             dir,
             sim,
@@ -65,7 +61,8 @@ impl Harness {
         let pid = self.plugin.pid().expect("plugin runs");
         send_signal(pid, "-KILL").unwrap();
         self.plugin.wait_exit(HANG_TIMEOUT).await.unwrap();
-        self.plugin = launch(
+        self.plugin = launch_plugin(
+            Path::new(PLUGIN),
             self.dir.path(),
             &self.sim,
             &self.extra_env,
@@ -172,65 +169,6 @@ impl Harness {
             .unwrap()
             .into_inner()
     }
-}
-
-/// Launches the plugin with the simulator's environment and configures it as a Nomad
-/// agent would: container path, loopback bind address, and the node's CPU topology.
-async fn launch(
-    dir: &Path,
-    sim: &Simulator,
-    extra_env: &[(String, String)],
-    recover_stopped: bool,
-) -> Plugin {
-    let mut env = sim.env();
-    env.extend(extra_env.iter().cloned());
-    let options = LaunchOptions {
-        socket_dir: Some(dir.to_owned()),
-        env,
-        ..LaunchOptions::default()
-    };
-    let plugin = Plugin::start(Path::new(PLUGIN), &options)
-        .await
-        .expect("plugin starts");
-
-    let schema = plugin
-        .base()
-        .config_schema(ConfigSchemaRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .spec
-        .unwrap();
-    let body = Value::object([
-        ("container_path", Value::string(SIMULATOR)),
-        ("bind_address", Value::string("127.0.0.1")),
-        ("command_timeout", Value::string("20s")),
-        ("recover_stopped", Value::Bool(recover_stopped)),
-    ]);
-    let core = ClientTopologyCore {
-        base_speed: 2000,
-        ..ClientTopologyCore::default()
-    };
-    let request = SetConfigRequest {
-        msgpack_config: encode_with_spec(&schema, &body).unwrap(),
-        nomad_config: Some(NomadConfig {
-            driver: Some(NomadDriverConfig {
-                client_min_port: 14000,
-                client_max_port: 14512,
-                topology: Some(ClientTopology {
-                    cores: vec![core; 4],
-                    ..ClientTopology::default()
-                }),
-            }),
-        }),
-        plugin_api_version: "v0.1.0".to_owned(),
-    };
-    plugin
-        .base()
-        .set_config(request)
-        .await
-        .expect("config accepted");
-    plugin
 }
 
 fn image(image: &str, args: &[&str]) -> Value {
