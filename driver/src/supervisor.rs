@@ -12,7 +12,7 @@
 //! Files in the task's state directory:
 //! - `supervisor.pid`: the supervisor's PID, written first.
 //! - `exit`: the container's exit status, written once `start --attach` exits on its
-//!   own. It is absent when the CLI was killed, since its status then says nothing
+//!   own. It is absent when the CLI was killed, because its status then tells nothing
 //!   about the container.
 //! - `supervisor.log`: the supervisor's own errors.
 
@@ -29,7 +29,7 @@ pub const PID_FILE: &str = "supervisor.pid";
 pub const EXIT_FILE: &str = "exit";
 pub const LOG_FILE: &str = "supervisor.log";
 
-/// What one supervisor runs.
+/// Command line of one supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SupervisorArgs {
     pub container_path: PathBuf,
@@ -99,8 +99,9 @@ pub fn main(args: &[OsString]) -> ExitCode {
         }
     };
 
-    // A new session, so signals to the plugin's process group do not reach us. This
-    // fails only for a process group leader, which the plugin never starts us as.
+    // A new session, so signals to the plugin's process group do not reach us. setsid
+    // fails only for a process group leader, and the plugin spawns us without a group
+    // of our own.
     let _ = rustix::process::setsid();
 
     match supervise(&args) {

@@ -15,8 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use styx_driver::proto::drivers::{
-    DestroyTaskRequest, StartTaskRequest, StopTaskRequest, TaskConfigSchemaRequest,
-    WaitTaskRequest,
+    DestroyTaskRequest, StartTaskRequest, StopTaskRequest, TaskConfigSchemaRequest, WaitTaskRequest,
 };
 use styx_tests::cty::{Value, encode_with_spec};
 use styx_tests::sim::{Simulator, launch_plugin};

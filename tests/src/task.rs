@@ -32,7 +32,7 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
-    /// A task with a fresh alloc ID, 256 MB and 500 MHz.
+    /// Creates a task with a fresh alloc ID, 256 MB and 500 MHz.
     pub fn new(name: &str) -> Self {
         Self {
             alloc_id: new_alloc_id(),
@@ -78,7 +78,7 @@ pub struct LogReader {
 
 impl LogReader {
     /// Opens `fifo` for reading and collects its lines in the background. It opens the
-    /// FIFO read-write, a Linux option, so that it never sees end of file while no
+    /// FIFO read-write, a Linux option, so that it never reads end of file while no
     /// writer has it open, as across a supervisor change.
     pub fn spawn(fifo: &Path) -> Self {
         let receiver = tokio::net::unix::pipe::OpenOptions::new()

@@ -1,7 +1,7 @@
-//! Starting a task's supervisor and learning how the task ended.
+//! Supervisor start and exit detection for a task.
 //!
 //! The watcher polls the supervisor's exit file and PID. While the supervisor lives, its
-//! exit file is the answer. When the supervisor is gone without an exit file (killed,
+//! exit file has the result. When the supervisor is gone without an exit file (killed,
 //! or its host rebooted), the exit code cannot be known. The watcher then polls
 //! `container inspect` until the container stops, reports exit code 0, and says so in
 //! a task event.

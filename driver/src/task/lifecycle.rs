@@ -25,7 +25,7 @@ use crate::proto::drivers::{
 };
 use crate::supervisor::{self, SupervisorArgs};
 
-/// Name of the folder in the task directory that holds the supervisor's files.
+/// Name of the folder in the task directory that contains the supervisor's files.
 const STATE_DIR_NAME: &str = ".styx-driver";
 
 /// Name of the env file, deleted once `container create` has read it.
@@ -43,7 +43,7 @@ const DESTROY_EXIT_WAIT: Duration = Duration::from_secs(10);
 /// Largest exec output returned per stream, as Nomad's script checks keep 4 KiB.
 const MAX_EXEC_OUTPUT: usize = 4 * 1024;
 
-/// What each operation needs from the driver at the time of the call.
+/// Plugin config and node facts for one operation, read at the time of the call.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub config: Arc<PluginConfig>,

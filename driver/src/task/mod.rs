@@ -52,12 +52,12 @@ pub struct Task {
     last_memory_bytes: AtomicU64,
 }
 
-/// How a task ended.
+/// End of a task: its exit result and time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exit {
     pub result: ExitResult,
     pub at: SystemTime,
-    /// Why the exit code is not known, when it is not.
+    /// Reason the exit code is unknown, or `None` when it is known.
     pub unknown_reason: Option<String>,
 }
 
@@ -87,7 +87,7 @@ impl Task {
     }
 }
 
-/// All tasks this plugin process knows, by Nomad task ID.
+/// Tasks of this plugin process, by Nomad task ID.
 #[derive(Debug, Default)]
 pub struct TaskRegistry {
     tasks: Mutex<HashMap<String, Arc<Task>>>,

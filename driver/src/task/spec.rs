@@ -12,7 +12,7 @@ use crate::container::{CreateSpec, MountArg};
 use crate::node::NodeCompute;
 use crate::proto::drivers::TaskConfig;
 
-/// Longest container ID the CLI accepts.
+/// Maximum length of a container ID that the CLI accepts.
 const MAX_NAME_LEN: usize = 63;
 
 /// Smallest `--memory` the CLI accepts, in MiB.

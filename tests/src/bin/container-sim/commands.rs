@@ -121,7 +121,7 @@ pub fn dispatch(args: &[String]) -> Outcome {
     }
 }
 
-/// The error each command prints while the apiserver is down.
+/// Returns the error each command prints while the apiserver is down.
 fn service_down(command: &str) -> Failure {
     let xpc = "interrupted: \"XPC connection error: Connection invalid\"";
     let message = match command {
@@ -573,8 +573,8 @@ fn copy_new(source: &mut File, sink: &mut impl Write) -> io::Result<usize> {
     Ok(buffer.len())
 }
 
-/// The per-container monitor: runs the image, enforces the memory limit, and records
-/// the exit status as the shell does (128 + N for a signal).
+/// Runs the per-container monitor. It starts the image, enforces the memory limit, and
+/// records the exit status as the shell does (128 + N for a signal).
 fn monitor(store: &Store, args: &[String]) -> Outcome {
     let id = args.first().cloned().unwrap_or_default();
     // A new session keeps the container alive when the CLI call that started it ends.

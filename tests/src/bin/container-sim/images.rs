@@ -3,7 +3,7 @@
 //!
 //! | image | arguments | behaviour |
 //! |---|---|---|
-//! | `styx/http-env` | `[port=8080]` | HTTP server answering every request with its environment |
+//! | `styx/http-env` | `[port=8080]` | HTTP server that returns its environment for every request |
 //! | `styx/echo` | `[port=7]` | TCP echo |
 //! | `styx/exit` | `[code=0] [delay_ms=0]` | exits with `code` after `delay_ms` |
 //! | `styx/ignore-term` | | prints `ready`, then ignores SIGTERM until killed |

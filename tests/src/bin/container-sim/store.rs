@@ -3,7 +3,7 @@
 //!
 //! Layout of `<state>/containers/<id>/`:
 //! - `config.json`: what `create` was given.
-//! - `running`: present while the container runs; holds the monitor's PID.
+//! - `running`: present while the container runs, with the monitor's PID.
 //! - `image.pid`: PID of the image process.
 //! - `ip`: last octet N of 127.77.0.N while running.
 //! - `started`: Unix seconds of the last start.
