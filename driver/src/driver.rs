@@ -97,8 +97,7 @@ impl Driver {
     pub fn capabilities(&self) -> DriverCapabilities {
         DriverCapabilities {
             send_signals: true,
-            // ExecTask serves script checks. NOTE: ExecTaskStreaming (`nomad alloc exec`)
-            // still returns UNIMPLEMENTED.
+            // ExecTask serves script checks and ExecTaskStreaming `nomad alloc exec`.
             exec: true,
             // The image is the task's root file system, inside its own VM.
             fs_isolation: FsIsolation::Image as i32,

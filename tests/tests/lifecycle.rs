@@ -10,10 +10,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use styx_driver::proto::drivers::{
-    DestroyTaskRequest, DriverTaskEvent, ExecTaskRequest, InspectTaskRequest, RecoverTaskRequest,
-    SignalTaskRequest, StartTaskRequest, StartTaskResponse, StopTaskRequest, TaskConfig,
-    TaskConfigSchemaRequest, TaskEventsRequest, TaskHandle, TaskState, TaskStatsRequest,
-    WaitTaskRequest, WaitTaskResponse,
+    DestroyTaskRequest, DriverTaskEvent, ExecTaskRequest, ExecTaskStreamingIoOperation,
+    ExecTaskStreamingRequest, InspectTaskRequest, RecoverTaskRequest, SignalTaskRequest,
+    StartTaskRequest, StartTaskResponse, StopTaskRequest, TaskConfig, TaskConfigSchemaRequest,
+    TaskEventsRequest, TaskHandle, TaskState, TaskStatsRequest, WaitTaskRequest, WaitTaskResponse,
+    exec_task_streaming_request,
 };
 use styx_driver::proto::hclspec::Spec;
 use styx_driver::task::status_is_recoverable;
@@ -843,4 +844,65 @@ async fn stopped_container_started_again() {
     let result = harness.wait(&prepared.config.id).await.result.unwrap();
     assert_eq!(result.exit_code, 143);
     harness.destroy(&prepared.config.id).await;
+}
+
+#[tokio::test]
+async fn exec_streaming_relays_io() {
+    let harness = Harness::start().await;
+    let spec = TaskSpec::new("shell");
+    let (prepared, response) = harness
+        .start_task(&spec, &image("styx/exit", &["0", "60000"]))
+        .await;
+    response.expect("StartTask succeeds");
+    let id = prepared.config.id.clone();
+
+    let setup = ExecTaskStreamingRequest {
+        setup: Some(exec_task_streaming_request::Setup {
+            task_id: id.clone(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat; echo done >&2; exit 4".into(),
+            ],
+            tty: false,
+        }),
+        ..ExecTaskStreamingRequest::default()
+    };
+    let input = |data: &[u8], close: bool| ExecTaskStreamingRequest {
+        stdin: Some(ExecTaskStreamingIoOperation {
+            data: data.to_vec(),
+            close,
+        }),
+        ..ExecTaskStreamingRequest::default()
+    };
+    let requests = tokio_stream::iter(vec![setup, input(b"hello\n", false), input(b"", true)]);
+    let mut responses = harness
+        .plugin
+        .driver()
+        .exec_task_streaming(requests)
+        .await
+        .expect("ExecTaskStreaming starts")
+        .into_inner();
+
+    let (mut stdout, mut stderr, mut result) = (Vec::new(), Vec::new(), None);
+    while let Some(message) = tokio::time::timeout(HANG_TIMEOUT, responses.message())
+        .await
+        .expect("exec output arrives")
+        .expect("exec stream has no error")
+    {
+        if let Some(operation) = message.stdout {
+            stdout.extend(operation.data);
+        }
+        if let Some(operation) = message.stderr {
+            stderr.extend(operation.data);
+        }
+        if message.exited {
+            result = message.result;
+            break;
+        }
+    }
+    assert_eq!(stdout, b"hello\n");
+    assert_eq!(stderr, b"done\n");
+    assert_eq!(result.expect("exit result is set").exit_code, 4);
+    harness.destroy(&id).await;
 }

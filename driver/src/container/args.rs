@@ -194,6 +194,17 @@ pub fn exec_args(id: &str, command: &[String]) -> Vec<OsString> {
     args
 }
 
+/// `container exec -i [-t] <id> <command>`, with stdin kept open for streaming.
+pub fn exec_interactive_args(id: &str, command: &[String], tty: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["exec".into(), "--interactive".into()];
+    if tty {
+        args.push("--tty".into());
+    }
+    args.push(id.into());
+    args.extend(command.iter().map(OsString::from));
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +299,10 @@ mod tests {
         assert_eq!(
             exec_args("web", &["ls".into(), "-l".into()]),
             ["exec", "web", "ls", "-l"]
+        );
+        assert_eq!(
+            exec_interactive_args("web", &["sh".into()], true),
+            ["exec", "--interactive", "--tty", "web", "sh"]
         );
     }
 }

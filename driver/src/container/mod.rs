@@ -242,6 +242,14 @@ impl ContainerCli {
             .await
     }
 
+    /// Returns the command of an interactive `container exec`, for a caller that
+    /// streams its stdin and output.
+    pub fn exec_interactive_command(&self, id: &str, command: &[String], tty: bool) -> Command {
+        let mut process = Command::new(&self.path);
+        process.args(args::exec_interactive_args(id, command, tty));
+        process
+    }
+
     /// Returns the command line of `container start --attach`, for the supervisor that
     /// runs it. It is built here so the same argv is used and tested everywhere.
     pub fn start_attached_command(&self, id: &str) -> std::process::Command {

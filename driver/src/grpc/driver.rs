@@ -299,14 +299,45 @@ impl driver_server::Driver for DriverService {
 
     type ExecTaskStreamingStream = ResponseStream<ExecTaskStreamingResponse>;
 
+    /// The first message must carry the setup; later ones carry stdin and terminal
+    /// sizes.
     async fn exec_task_streaming(
         &self,
-        _request: Request<Streaming<ExecTaskStreamingRequest>>,
+        request: Request<Streaming<ExecTaskStreamingRequest>>,
     ) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
-        Err(Status::unimplemented(
-            "ExecTaskStreaming (nomad alloc exec) is not implemented by apple-container yet; \
-             ExecTask for script checks is",
-        ))
+        let mut requests = request.into_inner();
+        let setup = requests
+            .message()
+            .await?
+            .and_then(|first| first.setup)
+            .ok_or_else(|| {
+                Status::invalid_argument("the first ExecTaskStreaming message has no setup")
+            })?;
+
+        let (stdin_sender, stdin_receiver) = mpsc::channel(STREAM_CAPACITY);
+        let (sender, receiver) = mpsc::channel(STREAM_CAPACITY);
+        self.driver
+            .lifecycle()
+            .exec_streaming(
+                &self.driver.task_context(),
+                &setup.task_id,
+                &setup.command,
+                setup.tty,
+                stdin_receiver,
+                sender,
+            )
+            .map_err(status)?;
+
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = requests.message().await {
+                if let Some(stdin) = message.stdin
+                    && stdin_sender.send(stdin).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn create_network(

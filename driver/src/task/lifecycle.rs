@@ -51,7 +51,7 @@ pub struct Context {
 }
 
 impl Context {
-    fn cli(&self) -> ContainerCli {
+    pub(super) fn cli(&self) -> ContainerCli {
         ContainerCli::new(&self.config.container_path, self.config.command_timeout)
     }
 }
@@ -488,7 +488,7 @@ impl Lifecycle {
         })
     }
 
-    fn task(&self, id: &str) -> Result<Arc<Task>, TaskError> {
+    pub(super) fn task(&self, id: &str) -> Result<Arc<Task>, TaskError> {
         self.tasks
             .get(id)
             .ok_or_else(|| TaskError::NotFound(id.to_owned()))

@@ -12,10 +12,12 @@
 //! - `state`: the driver state stored in Nomad's task handle.
 //! - `publish`: proxy listeners for published ports.
 //! - `exit`: starting the supervisor and watching for the exit.
+//! - `exec`: interactive exec streams.
 //! - `stats`: samples from `container stats` as Nomad's TaskStats.
 //! - `lifecycle`: the operations behind each RPC.
 
 mod error;
+mod exec;
 mod exit;
 mod lifecycle;
 mod publish;

@@ -901,6 +901,8 @@ fn exec(store: &Store, args: &[String]) -> Outcome {
     const FLAGS: FlagTable = &[
         (&["-d", "--detach"], "--detach", false),
         (&["-e", "--env"], "--env", true),
+        (&["-i", "--interactive"], "--interactive", false),
+        (&["-t", "--tty"], "--tty", false),
     ];
     let parsed = parse(args, FLAGS, "exec", true)?;
     let Some((id, command)) = parsed.positionals.split_first() else {
