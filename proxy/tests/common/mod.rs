@@ -104,8 +104,13 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(handler(stream));
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => drop(tokio::spawn(handler(stream))),
+                // A connection the proxy reset while it waited in the backlog can fail
+                // the accept (ECONNABORTED); the server must keep accepting after it.
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
         }
     });
     addr
