@@ -29,6 +29,9 @@ pub const PID_FILE: &str = "supervisor.pid";
 pub const EXIT_FILE: &str = "exit";
 pub const LOG_FILE: &str = "supervisor.log";
 
+/// How long the supervisor waits for its output copiers after the container exits.
+const COPY_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Command line of one supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SupervisorArgs {
@@ -140,13 +143,19 @@ fn supervise(args: &SupervisorArgs) -> io::Result<()> {
 
     // Opening a FIFO for writing blocks until logmon has it open for reading, so each
     // stream opens in its own thread.
-    let copiers = [
-        spawn_copier(stdout, args.stdout_path.clone()),
-        spawn_copier(stderr, args.stderr_path.clone()),
-    ];
+    let (done_sender, done) = std::sync::mpsc::channel();
+    spawn_copier(stdout, args.stdout_path.clone(), done_sender.clone());
+    spawn_copier(stderr, args.stderr_path.clone(), done_sender);
     let status = child.wait()?;
-    for copier in copiers {
-        let _ = copier.join();
+
+    // The copiers finish once they have written the last output. One stuck opening a
+    // FIFO that nobody reads must not keep the exit from being recorded.
+    let deadline = std::time::Instant::now() + COPY_DRAIN_TIMEOUT;
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if done.recv_timeout(left).is_err() {
+            break;
+        }
     }
 
     if let Some(code) = status.code() {
@@ -155,16 +164,21 @@ fn supervise(args: &SupervisorArgs) -> io::Result<()> {
     Ok(())
 }
 
+/// Copies `source` into the FIFO at `path` until end of file, then reports on `done`.
+///
+/// NOTE: opening the FIFO blocks until logmon reads it. Without a reader the container's
+/// output pipe fills up and its writes block, as they would with Nomad's own drivers.
 fn spawn_copier(
     mut source: impl Read + Send + 'static,
     path: PathBuf,
-) -> std::thread::JoinHandle<()> {
+    done: std::sync::mpsc::Sender<()>,
+) {
     std::thread::spawn(move || {
         let mut sink = File::options().write(true).open(&path).ok();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             let read = match source.read(&mut buffer) {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break,
                 Ok(read) => read,
             };
             // Once logmon is gone, later output is dropped rather than blocking the
@@ -175,7 +189,8 @@ fn spawn_copier(
                 sink = None;
             }
         }
-    })
+        let _ = done.send(());
+    });
 }
 
 /// Reads the exit file: `Some(code)` once the container has exited under supervision.

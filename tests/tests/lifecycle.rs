@@ -353,10 +353,11 @@ async fn http_task_start_to_destroy() {
 #[tokio::test]
 async fn exit_codes_reported() {
     let harness = Harness::start().await;
-    for code in ["0", "3"] {
+    // "5" exits at once, before StartTask can see the container running.
+    for (code, delay) in [("0", "200"), ("3", "200"), ("5", "0")] {
         let spec = TaskSpec::new(&format!("exit{code}"));
         let (prepared, response) = harness
-            .start_task(&spec, &image("styx/exit", &[code, "200"]))
+            .start_task(&spec, &image("styx/exit", &[code, delay]))
             .await;
         response.expect("StartTask succeeds");
 

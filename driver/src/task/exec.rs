@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{Context, Lifecycle, TaskError};
+use crate::container::CliError;
 use crate::proto::drivers::{ExecTaskStreamingIoOperation, ExecTaskStreamingResponse, ExitResult};
 
 /// Size of each output chunk sent to Nomad.
@@ -43,9 +44,14 @@ impl Lifecycle {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| TaskError::State {
-                path: context.config.container_path.clone(),
-                source,
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => CliError::NotFound {
+                    path: context.config.container_path.clone(),
+                },
+                _ => CliError::Spawn {
+                    command: format!("{} exec", context.config.container_path.display()),
+                    source,
+                },
             })?;
 
         let input = child.stdin.take().expect("stdin is piped");

@@ -192,14 +192,17 @@ impl Lifecycle {
         })?;
 
         let ip = wait_running(cli, &state, context.config.command_timeout).await?;
-        let (publication, network) = open_listeners(context, &state, bind_ip, ip)?;
+        let (publication, network) = match ip {
+            Some(ip) => open_listeners(context, &state, bind_ip, ip)?,
+            None => (None, network_override(bind_ip, &state.ports)),
+        };
         let handle = TaskHandle {
             version: HANDLE_VERSION,
             config: Some(config.clone()),
             state: TaskState::Running as i32,
             driver_state: state.encode(),
         };
-        tracing::info!(task_id = %config.id, container = %state.container, ip = %ip, "task started");
+        tracing::info!(task_id = %config.id, container = %state.container, ip = ?ip, "task started");
 
         let task = self.register(config, state, network.clone(), publication);
         tokio::spawn(exit::watch(task, cli.clone(), self.events.clone()));
@@ -495,25 +498,35 @@ impl Lifecycle {
     }
 }
 
-/// Polls `inspect` until the container runs and has an address. Gives up when the
-/// supervisor has ended, which means `start --attach` failed, or after `limit`.
+/// Polls `inspect` until the container runs and has an address, and returns that
+/// address. Returns `None` when the container already ran and exited, as a short batch
+/// task may before the first poll. Fails when `start --attach` ended without starting
+/// the container, or after `limit`.
 async fn wait_running(
     cli: &ContainerCli,
     state: &DriverState,
     limit: Duration,
-) -> Result<std::net::Ipv4Addr, TaskError> {
+) -> Result<Option<std::net::Ipv4Addr>, TaskError> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(record) = cli.inspect(&state.container).await?
+        let record = cli.inspect(&state.container).await?;
+        if let Some(record) = &record
             && record.state == ContainerState::Running
             && let Some(ip) = record.ipv4
         {
-            return Ok(ip);
+            return Ok(Some(ip));
         }
+
         let supervisor_ended = supervisor::read_exit_code(&state.state_dir).is_some()
             || std::fs::metadata(state.state_dir.join(supervisor::LOG_FILE))
                 .is_ok_and(|log| log.len() > 0);
         if supervisor_ended {
+            // A fresh container has no start date, so one means it ran.
+            let ran = record.is_some_and(|record| record.started_at.is_some())
+                && supervisor::read_exit_code(&state.state_dir).is_some();
+            if ran {
+                return Ok(None);
+            }
             return Err(TaskError::NotStarted {
                 container: state.container.clone(),
                 reason: "container start --attach ended at once; the task's stderr log has the CLI's message".into(),
