@@ -204,7 +204,11 @@ async fn serve(
     metrics.active.increment(1.0);
     tracing::debug!("Connection accepted");
 
-    if let Err(error) = client.set_nodelay(true) {
+    // Linux copies TCP_NODELAY from the listening socket to accepted ones, so only
+    // other platforms spend a system call per connection on it.
+    if !cfg!(target_os = "linux")
+        && let Err(error) = client.set_nodelay(true)
+    {
         tracing::debug!(%error, "Failed to set TCP_NODELAY on the client socket");
     }
     // The local address is looked up only for a PROXY header, to save a system call

@@ -165,3 +165,21 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks that accepted sockets inherit TCP_NODELAY from the listener, which the
+    /// listener relies on to skip setting it per connection on Linux.
+    #[tokio::test]
+    async fn accepted_socket_inherits_nodelay() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connected, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let _client = connected.unwrap();
+        let (accepted, _) = accepted.unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
+}
