@@ -212,6 +212,10 @@ pub fn read_pid(state_dir: &Path) -> Option<i32> {
 }
 
 /// Returns true while a process with `pid` exists.
+///
+/// NOTE: a PID reused by another process after the supervisor died reads as alive, so
+/// the exit is then noticed only when that process ends too. The supervisor's start
+/// time (from the process table) would rule this out.
 pub fn process_alive(pid: i32) -> bool {
     rustix::process::Pid::from_raw(pid)
         .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())

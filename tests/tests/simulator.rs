@@ -1,0 +1,164 @@
+//! Fidelity of `container-sim` to Apple's `container` CLI: exit codes, `Error:` texts,
+//! and the JSON layouts of each CLI generation that the driver parses.
+
+use std::path::Path;
+use std::process::Output;
+
+use styx_tests::sim::Simulator;
+
+const SIMULATOR: &str = env!("CARGO_BIN_EXE_container-sim");
+
+fn simulator(dir: &tempfile::TempDir) -> Simulator {
+    Simulator::new(Path::new(SIMULATOR), &dir.path().join("sim"))
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `args` with `CONTAINER_SIM_LAYOUT` set to `layout`.
+fn run_with_layout(sim: &Simulator, layout: &str, args: &[&str]) -> Output {
+    std::process::Command::new(sim.binary())
+        .args(args)
+        .envs(sim.env())
+        .env("CONTAINER_SIM_LAYOUT", layout)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+
+    let output = sim.run(["create", "--bogus", "styx/echo"]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(stderr(&output).starts_with("Error: Unknown option '--bogus'"));
+    assert!(stderr(&output).contains("Usage: container create"));
+
+    let output = sim.run(["create", "--cpus", "0.5", "styx/echo"]);
+    assert_eq!(output.status.code(), Some(64));
+}
+
+#[test]
+fn runtime_errors_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    let cases: [(&[&str], &str); 5] = [
+        (&["inspect", "ghost"], "Error: container not found: ghost"),
+        (
+            &["start", "ghost"],
+            "Error: get failed: container ghost not found",
+        ),
+        (
+            &["stats", "--no-stream", "--format", "json", "ghost"],
+            "Error: no such container: ghost",
+        ),
+        (
+            &["create", "--name", "web", "--memory", "512", "styx/echo"],
+            "Error: minimum memory amount allowed is 200 MiB (got 512 bytes)",
+        ),
+        (
+            &["create", "--name", "web", "-l", "a=b=c", "styx/echo"],
+            "Error: invalid label format a=b=c",
+        ),
+    ];
+    for (args, message) in cases {
+        let output = sim.run(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr(&output).trim_end(), message, "{args:?}");
+    }
+}
+
+#[test]
+fn stopped_service_gives_xpc_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    sim.set_system_running(false);
+
+    let status = sim.run(["system", "status"]);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(stdout(&status).contains("apiserver is not running"));
+
+    let output = sim.run(["list", "--all", "--format", "json"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("XPC connection error: Connection invalid"));
+    assert!(stderr(&output).contains("container system start"));
+}
+
+#[test]
+fn inspect_uses_apple_pretty_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    let created = sim.run(["create", "--name", "web", "--memory", "256m", "styx/echo"]);
+    assert_eq!(stdout(&created), "web\n");
+
+    let text = stdout(&sim.run(["inspect", "web"]));
+    assert!(text.contains("\"id\" : \"web\""), "{text}");
+    assert!(text.contains("\"networks\" : [\n\n      ]"), "{text}");
+    assert!(text.contains("docker.io\\/styx\\/echo:latest"), "{text}");
+    assert!(text.contains("\"state\" : \"stopped\""), "{text}");
+
+    let plain = stdout(&run_with_layout(&sim, "1.4", &["inspect", "web"]));
+    assert!(plain.contains("docker.io/styx/echo:latest"), "{plain}");
+}
+
+#[test]
+fn list_hides_stopped_without_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    sim.run(["create", "--name", "web", "--memory", "256m", "styx/echo"]);
+
+    assert_eq!(stdout(&sim.run(["list", "--format", "json"])).trim(), "[]");
+    let all = stdout(&sim.run(["list", "--all", "--format", "json"]));
+    assert!(all.starts_with("[{\"configuration\":"), "{all}");
+}
+
+#[test]
+fn legacy_layouts_have_old_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    sim.run(["create", "--name", "web", "--memory", "256m", "styx/echo"]);
+    assert!(sim.run(["start", "web"]).status.success());
+
+    let v08 = stdout(&run_with_layout(&sim, "0.8", &["inspect", "web"]));
+    assert!(v08.contains("\"status\":\"running\""), "{v08}");
+    assert!(v08.contains("\"ipv4Address\":\"127.77.0."), "{v08}");
+    assert!(v08.contains("\"startedDate\":"), "{v08}");
+
+    let v07 = stdout(&run_with_layout(&sim, "0.7", &["inspect", "web"]));
+    assert!(v07.contains("\"address\":\"127.77.0."), "{v07}");
+    assert!(!v07.contains("startedDate"), "{v07}");
+
+    // Before 1.0, inspect of a missing ID printed what it found and succeeded.
+    let missing = run_with_layout(&sim, "0.8", &["inspect", "ghost"]);
+    assert!(missing.status.success());
+    assert_eq!(stdout(&missing).trim(), "[]");
+
+    assert!(sim.run(["delete", "--force", "web"]).status.success());
+}
+
+#[test]
+fn stop_and_delete_echo_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    sim.run(["create", "--name", "web", "--memory", "256m", "styx/echo"]);
+    assert!(sim.run(["start", "web"]).status.success());
+
+    let running = sim.run(["delete", "web"]);
+    assert_eq!(running.status.code(), Some(1));
+    assert!(stderr(&running).contains("is running and can not be deleted"));
+
+    assert_eq!(stdout(&sim.run(["stop", "-t", "1", "web"])), "web\n");
+    assert_eq!(
+        stdout(&sim.run(["stop", "web"])),
+        "web\n",
+        "stopping twice succeeds"
+    );
+    assert_eq!(stdout(&sim.run(["delete", "web"])), "web\n");
+    assert!(!sim.exists("web"));
+}
