@@ -12,8 +12,8 @@
 //! Files in the task's state directory:
 //! - `supervisor.pid`: the supervisor's PID, written first.
 //! - `exit`: the container's exit status, written once `start --attach` exits on its
-//!   own. It is absent when the CLI was killed, because its status then tells nothing
-//!   about the container.
+//!   own. It is absent when the CLI was killed, because its status then carries no
+//!   information about the container.
 //! - `supervisor.log`: the supervisor's own errors.
 
 use std::ffi::{OsStr, OsString};
@@ -149,7 +149,7 @@ fn supervise(args: &SupervisorArgs) -> io::Result<()> {
     let status = child.wait()?;
 
     // The copiers finish once they have written the last output. One stuck opening a
-    // FIFO that nobody reads must not keep the exit from being recorded.
+    // FIFO without a reader must not keep the exit from being recorded.
     let deadline = std::time::Instant::now() + COPY_DRAIN_TIMEOUT;
     for _ in 0..2 {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

@@ -40,7 +40,7 @@ const START_POLL: Duration = Duration::from_millis(20);
 /// How long destroy waits for the supervisor to record the exit after a forced delete.
 const DESTROY_EXIT_WAIT: Duration = Duration::from_secs(10);
 
-/// Largest exec output returned per stream, as Nomad's script checks keep 4 KiB.
+/// Maximum exec output returned per stream, because Nomad's script checks keep 4 KiB.
 const MAX_EXEC_OUTPUT: usize = 4 * 1024;
 
 /// Plugin config and node facts for one operation, read at the time of the call.
@@ -154,7 +154,7 @@ impl Lifecycle {
         };
 
         // A stopped container of the same name is left over from an earlier attempt of
-        // this task; a running one belongs to someone else.
+        // this task, but a running one belongs to someone else.
         match cli.inspect(&create.name).await? {
             Some(record) if record.state == ContainerState::Stopped => {
                 tracing::info!(container = %create.name, "deleting stopped container left from an earlier attempt");
@@ -577,7 +577,7 @@ fn network_override(bind_ip: Option<IpAddr>, ports: &[PortBinding]) -> NetworkOv
             .map(|port| (port.label.clone(), i32::from(port.host_port)))
             .collect(),
         addr: bind_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        // Container addresses are private to each Mac; services with address_mode
+        // Container addresses are private to each Mac. Services with address_mode
         // "auto" keep the host address, and "driver" gets the bind address above.
         auto_advertise: false,
     }
