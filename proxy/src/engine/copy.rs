@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::buffers::BufferLease;
+use super::buffers::{BUFFER_SIZE, BufferLease};
 use super::flow::{FlowEnd, Step, Tally};
 use super::{Side, finish};
 
@@ -32,47 +32,25 @@ impl CopyState {
     ) -> Poll<Step> {
         let dst_side = src_side.other();
         loop {
-            if self.start < self.end {
-                if let Err(error) = ready!(dst.poll_write_ready(cx)) {
-                    return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
-                }
-                let buffer = self
-                    .buffer
-                    .as_deref()
-                    .expect("pending bytes sit in a buffer");
-                match dst.try_write(&buffer[self.start..self.end]) {
-                    Ok(written) => {
-                        self.start += written;
-                        tally.add(written);
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => {
-                        return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
-                    }
-                }
-                continue;
+            if let Err(end) = ready!(self.poll_flush(cx, dst, dst_side, tally)) {
+                return Poll::Ready(Step::End(end));
             }
 
             let Poll::Ready(readiness) = src.poll_read_ready(cx) else {
                 // Everything read was written: return the buffer while waiting for data,
                 // so an idle direction keeps none.
-                self.buffer = None;
+                self.release();
                 return Poll::Pending;
             };
             if let Err(error) = readiness {
                 return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
             }
-            let buffer = self.buffer.get_or_insert_with(BufferLease::take);
-            match read_clearing_readiness(src, buffer) {
+            match self.read(src, BUFFER_SIZE) {
                 Ok(0) => {
-                    self.buffer = None;
+                    self.release();
                     return Poll::Ready(Step::End(finish(dst, dst_side)));
                 }
-                Ok(read) => {
-                    self.start = 0;
-                    self.end = read;
-                    tally.touch();
-                }
+                Ok(_) => tally.touch(),
                 // Nothing to read; the buffer goes back on the next poll above.
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => {
@@ -80,6 +58,63 @@ impl CopyState {
                 }
             }
         }
+    }
+
+    /// Returns whether bytes read are still waiting to be written.
+    pub(super) fn has_pending(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Writes the pending bytes to `dst` until none remain.
+    pub(super) fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &TcpStream,
+        dst_side: Side,
+        tally: &mut Tally<'_>,
+    ) -> Poll<Result<(), FlowEnd>> {
+        while self.has_pending() {
+            if let Err(error) = ready!(dst.poll_write_ready(cx)) {
+                return Poll::Ready(Err(FlowEnd::write_failure(dst_side, error)));
+            }
+            let buffer = self
+                .buffer
+                .as_deref()
+                .expect("pending bytes sit in a buffer");
+            match dst.try_write(&buffer[self.start..self.end]) {
+                Ok(written) => {
+                    self.start += written;
+                    tally.add(written);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(FlowEnd::write_failure(dst_side, error))),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads up to `limit` bytes from `src` into the buffer, taking one from the pool
+    /// if needed; the bytes read become pending. Call only with nothing pending.
+    pub(super) fn read(&mut self, src: &TcpStream, limit: usize) -> io::Result<usize> {
+        debug_assert!(
+            !self.has_pending(),
+            "a read would overwrite unwritten bytes"
+        );
+        let buffer = self.buffer.get_or_insert_with(BufferLease::take);
+        let limit = limit.min(buffer.len());
+        let read = read_clearing_readiness(src, &mut buffer[..limit])?;
+        self.start = 0;
+        self.end = read;
+        Ok(read)
+    }
+
+    /// Returns the buffer to the pool; nothing may be pending.
+    pub(super) fn release(&mut self) {
+        debug_assert!(
+            !self.has_pending(),
+            "releasing a buffer with unwritten bytes"
+        );
+        self.buffer = None;
     }
 }
 

@@ -8,6 +8,12 @@
 //! when it is empty. An EAGAIN while filling therefore always means the source socket
 //! has no data, and one while draining always means the destination socket is full.
 //!
+//! Each burst of data (from idle until the source has nothing left) opens with a plain
+//! read of up to [`HEAD_BYTES`] into a pooled buffer. Small requests and responses are
+//! thereby copied, which takes one system call fewer than splicing them. Only a burst
+//! whose head read fills the buffer goes on through the pipe, so bulk transfers copy
+//! 16 KiB per burst and splice the rest.
+//!
 //! Fallbacks, all to the copy engine for the rest of the direction:
 //! - The startup probe finds splice missing (ENOSYS) or forbidden (EPERM, a seccomp
 //!   filter): every connection copies.
@@ -32,6 +38,7 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::copy::CopyState;
 use super::flow::{FlowEnd, Step, Tally};
 use super::{Side, finish};
 
@@ -48,6 +55,12 @@ pub(super) const PIPE_SIZE: usize = 1024 * 1024;
 
 /// Empty pipes kept for reuse; more than this many are closed when returned.
 const POOL_MAX: usize = 64;
+
+/// Bytes the first read of each burst takes with a plain read. A request or response
+/// smaller than this is copied in two system calls and leaves the socket's readiness
+/// cleared, where splicing would take three (the last one failing with EAGAIN). A read
+/// that fills it marks the burst as bulk, and the rest of the burst is spliced.
+const HEAD_BYTES: usize = 16 * 1024;
 
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
@@ -95,14 +108,18 @@ fn new_fds() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
-/// Splice state of one direction: the borrowed pipe and its byte count.
+/// Splice state of one direction: the borrowed pipe and its byte count, and the copy
+/// state of the head read that opens each burst.
 #[derive(Default)]
 pub(super) struct SpliceState {
     pipe: Option<PipeLease>,
+    head: CopyState,
+    /// Set when the head read filled [`HEAD_BYTES`], so the rest of the burst splices.
+    bulk: bool,
 }
 
 impl SpliceState {
-    /// Drains the pipe into `dst`, then fills it from `src` again, until both would
+    /// Writes what the head buffer or the pipe holds, then reads more, until both would
     /// block or the direction ends. The pipe is filled only when empty, which is the
     /// engine's backpressure and what makes each EAGAIN unambiguous.
     pub(super) fn poll(
@@ -115,49 +132,49 @@ impl SpliceState {
     ) -> Poll<Step> {
         let dst_side = src_side.other();
         loop {
-            if let Some(lease) = self.pipe.as_mut().filter(|lease| lease.in_pipe > 0) {
-                if let Err(error) = ready!(dst.poll_write_ready(cx)) {
-                    return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
+            if self.head.has_pending() {
+                if let Err(end) = ready!(self.head.poll_flush(cx, dst, dst_side, tally)) {
+                    return Poll::Ready(Step::End(end));
                 }
-                let moved = dst.try_io(Interest::WRITABLE, || {
-                    let pipe = lease.pipe();
-                    Ok(rustix::pipe::splice(
-                        &pipe.read,
-                        None,
-                        dst,
-                        None,
-                        lease.in_pipe,
-                        FLAGS,
-                    )?)
-                });
-                match moved {
-                    // Splicing out of a non-empty pipe whose write end is open never
-                    // returns 0; stop instead of spinning if a kernel ever does.
-                    Ok(0) => {
-                        let error = io::ErrorKind::WriteZero.into();
-                        return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
-                    }
-                    Ok(moved) => {
-                        lease.in_pipe -= moved;
-                        tally.add(moved);
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => {
-                        return Poll::Ready(Step::End(FlowEnd::write_failure(dst_side, error)));
-                    }
+                continue;
+            }
+            if let Some(lease) = self.pipe.as_mut().filter(|lease| lease.in_pipe > 0) {
+                if let Err(end) = ready!(drain(lease, cx, dst, dst_side, tally)) {
+                    return Poll::Ready(Step::End(end));
                 }
                 continue;
             }
 
             let Poll::Ready(readiness) = src.poll_read_ready(cx) else {
-                // The pipe is empty: return it while waiting for data, so an idle
-                // direction keeps none.
+                // Nothing is in flight: return the pipe and buffer while waiting for
+                // data, so an idle direction keeps neither.
                 self.pipe = None;
+                self.head.release();
+                self.bulk = false;
                 return Poll::Pending;
             };
             if let Err(error) = readiness {
                 return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
             }
+
+            if !self.bulk {
+                match self.head.read(src, HEAD_BYTES) {
+                    Ok(0) => {
+                        self.head.release();
+                        return Poll::Ready(Step::End(finish(dst, dst_side)));
+                    }
+                    Ok(read) => {
+                        tally.touch();
+                        self.bulk = read == HEAD_BYTES;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => {
+                        return Poll::Ready(Step::End(FlowEnd::read_failure(src_side, error)));
+                    }
+                }
+                continue;
+            }
+
             let lease = match self.pipe {
                 Some(ref mut lease) => lease,
                 None => match PipeLease::take() {
@@ -188,8 +205,8 @@ impl SpliceState {
                     lease.in_pipe = filled;
                     tally.touch();
                 }
-                // The source has no data; the pipe goes back on the next poll above.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                // The burst is over; the next one starts with a head read again.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.bulk = false,
                 // The pipe is empty, so falling back loses nothing.
                 Err(error) if is_unsupported(&error) => {
                     self.pipe = None;
@@ -201,6 +218,47 @@ impl SpliceState {
             }
         }
     }
+}
+
+/// Splices everything in the pipe into `dst`.
+fn drain(
+    lease: &mut PipeLease,
+    cx: &mut Context<'_>,
+    dst: &TcpStream,
+    dst_side: Side,
+    tally: &mut Tally<'_>,
+) -> Poll<Result<(), FlowEnd>> {
+    while lease.in_pipe > 0 {
+        if let Err(error) = ready!(dst.poll_write_ready(cx)) {
+            return Poll::Ready(Err(FlowEnd::write_failure(dst_side, error)));
+        }
+        let moved = dst.try_io(Interest::WRITABLE, || {
+            let pipe = lease.pipe();
+            Ok(rustix::pipe::splice(
+                &pipe.read,
+                None,
+                dst,
+                None,
+                lease.in_pipe,
+                FLAGS,
+            )?)
+        });
+        match moved {
+            // Splicing out of a non-empty pipe whose write end is open never returns 0;
+            // stop instead of spinning if a kernel ever does.
+            Ok(0) => {
+                let error = io::ErrorKind::WriteZero.into();
+                return Poll::Ready(Err(FlowEnd::write_failure(dst_side, error)));
+            }
+            Ok(moved) => {
+                lease.in_pipe -= moved;
+                tally.add(moved);
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Poll::Ready(Err(FlowEnd::write_failure(dst_side, error))),
+        }
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// Returns whether a splice error means "this cannot splice" rather than a socket
