@@ -695,6 +695,25 @@ async fn start_errors_are_clear() {
     assert!(!status_is_recoverable(&status));
     harness.sim.run(["delete", "--force", container.as_str()]);
 
+    // A host port in use: retry may help once it is free, and no container is left.
+    let spec = http_spec("busy");
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", spec.ports[0].value)).unwrap();
+    let (_, response) = harness
+        .start_task(&spec, &image_with_ports("styx/http-env", &[], &["http"]))
+        .await;
+    let status = response.unwrap_err();
+    assert!(
+        status.message().contains("failed to publish port \"http\""),
+        "{}",
+        status.message()
+    );
+    assert!(status_is_recoverable(&status));
+    let container = styx_driver::task::container_name(&spec.alloc_id, "busy");
+    assert!(
+        !harness.sim.exists(&container),
+        "the failed start left a container"
+    );
+
     harness.sim.set_system_running(false);
     let (_, response) = harness
         .start_task(&TaskSpec::new("down"), &image("styx/echo", &[]))

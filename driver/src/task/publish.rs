@@ -1,7 +1,7 @@
 //! Proxy listeners that publish a task's container ports on the node's bind address.
 //!
-//! Each task gets its own `styx_proxy` server with one listener per published port, so
-//! closing one task's listeners leaves the others serving. Apple's own `--publish`
+//! Each published port gets its own `styx_proxy` server, and a task's servers share
+//! one stop token, so closing one task's listeners leaves the others serving. Apple's own `--publish`
 //! forwarder is not used: it binds 0.0.0.0 by default and has no metrics.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,6 +31,8 @@ impl Publication {
 }
 
 /// Binds one listener per binding, forwarding to `container_ip`, and starts serving.
+/// Each listener is its own server, so a bind error names its port. Nothing keeps
+/// listening when one of them fails.
 pub fn publish(
     container: &str,
     bind_ip: IpAddr,
@@ -42,43 +44,33 @@ pub fn publish(
         return Ok(None);
     }
 
-    let listeners = bindings
-        .iter()
-        .map(|binding| {
-            let mut listener = ListenerConfig::new(
-                format!("{container}/{}", binding.label),
-                SocketAddr::new(bind_ip, binding.host_port),
-                vec![SocketAddr::new(container_ip.into(), binding.container_port)],
-            );
-            listener.preconnect = preconnect;
-            listener
-        })
-        .collect();
-    let config = ProxyConfig {
-        listeners,
-        metrics_listen: None,
-        drain_timeout: DRAIN_TIMEOUT,
-    };
-
-    let server = Server::bind(&config).map_err(|source| {
-        // The error names the listener, whose name ends with the label.
-        let failed = bindings
-            .iter()
-            .find(|binding| {
-                source
-                    .to_string()
-                    .contains(&format!("/{}\"", binding.label))
-            })
-            .unwrap_or(&bindings[0]);
-        TaskError::Publish {
-            label: failed.label.clone(),
-            addr: SocketAddr::new(bind_ip, failed.host_port),
+    let mut servers = Vec::with_capacity(bindings.len());
+    for binding in bindings {
+        let addr = SocketAddr::new(bind_ip, binding.host_port);
+        let mut listener = ListenerConfig::new(
+            format!("{container}/{}", binding.label),
+            addr,
+            vec![SocketAddr::new(container_ip.into(), binding.container_port)],
+        );
+        listener.preconnect = preconnect;
+        let config = ProxyConfig {
+            listeners: vec![listener],
+            metrics_listen: None,
+            drain_timeout: DRAIN_TIMEOUT,
+        };
+        // On error the servers bound so far are dropped, which closes their sockets.
+        let server = Server::bind(&config).map_err(|source| TaskError::Publish {
+            label: binding.label.clone(),
+            addr,
             source,
-        }
-    })?;
+        })?;
+        servers.push(server);
+    }
 
     let stop = CancellationToken::new();
-    tokio::spawn(server.run(stop.clone()));
+    for server in servers {
+        tokio::spawn(server.run(stop.clone()));
+    }
     Ok(Some(Publication { stop }))
 }
 
