@@ -3,8 +3,8 @@
 //! The watcher polls the supervisor's exit file and PID. While the supervisor lives, its
 //! exit file has the result. When the supervisor is gone without an exit file (killed,
 //! or its host rebooted), the exit code cannot be known. The watcher then polls
-//! `container inspect` until the container stops, reports exit code 0, and says so in
-//! a task event.
+//! `container inspect` until the container stops, reports exit code 0, and explains
+//! that in a task event.
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,4 +1,4 @@
-//! What a task's container is made of: its name, vCPUs, memory, environment, mounts and
+//! The parts of a task's container: its name, vCPUs, memory, environment, mounts and
 //! published ports, computed from Nomad's TaskConfig and the task's `config {}` block.
 
 use std::collections::BTreeMap;
@@ -162,8 +162,8 @@ fn to_port(value: i32, label: &str) -> Result<u16, TaskError> {
         .ok_or_else(|| TaskError::InvalidTask(format!("port {label:?} has invalid number {value}")))
 }
 
-/// Nomad's task directories inside the alloc dir, mounted as `/alloc`, `/local` and
-/// `/secrets` because the driver reports image file system isolation.
+/// Returns the task's mounts. Nomad's task directories are mounted as `/alloc`, `/local`
+/// and `/secrets` because the driver reports image file system isolation.
 pub fn task_mounts(config: &TaskConfig, options: &TaskOptions) -> Vec<MountArg> {
     let alloc_dir = Path::new(&config.alloc_dir);
     let task_dir = alloc_dir.join(&config.name);
