@@ -162,3 +162,28 @@ fn stop_and_delete_echo_ids() {
     assert_eq!(stdout(&sim.run(["delete", "web"])), "web\n");
     assert!(!sim.exists("web"));
 }
+
+#[test]
+fn logs_tail_drops_blank_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    sim.run([
+        "create",
+        "--name",
+        "web",
+        "--memory",
+        "256m",
+        "styx/exit",
+        "0",
+        "0",
+    ]);
+    let log = dir.path().join("sim/containers/web/stdout.log");
+    assert!(sim.run(["start", "--attach", "web"]).status.success());
+    std::fs::write(&log, "one\n\ntwo\n\n").unwrap();
+
+    assert_eq!(stdout(&sim.run(["logs", "-n", "2", "web"])), "one\ntwo\n");
+    assert_eq!(stdout(&sim.run(["logs", "web"])), "one\n\ntwo\n");
+    let missing = sim.run(["logs", "ghost"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).starts_with("Error: failed to get logs for container ghost"));
+}

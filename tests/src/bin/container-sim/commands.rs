@@ -117,6 +117,7 @@ pub fn dispatch(args: &[String]) -> Outcome {
         "list" | "ls" => list(&store, rest),
         "stats" => stats(&store, rest),
         "exec" => exec(&store, rest),
+        "logs" => logs(&store, rest),
         other => Err(Failure::usage(format!("Unknown subcommand '{other}'"), "")),
     }
 }
@@ -936,6 +937,49 @@ fn exec(store: &Store, args: &[String]) -> Outcome {
         .map_err(|error| Failure::runtime(format!("failed to exec {program}: {error}")))?;
     let code = status.code().unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `logs [-n N] <id>`: the container's output, stdout then stderr, because the simulator
+/// keeps the streams apart where Apple's `stdio.log` interleaves them in write order.
+/// With `-n` only the last N non-empty lines, as the real CLI drops blank ones.
+fn logs(store: &Store, args: &[String]) -> Outcome {
+    const FLAGS: FlagTable = &[
+        (&["-n"], "-n", true),
+        (&["-f", "--follow"], "--follow", false),
+        (&["--boot"], "--boot", false),
+    ];
+    let parsed = parse(args, FLAGS, "logs", false)?;
+    let id = single_id(&parsed, "logs")?;
+    if !store.exists(&id) {
+        return Err(Failure::runtime(format!(
+            "failed to get logs for container {id} (cause: \"internalError: \"failed to open container logs: notFound: \"container with ID {id} not found\"\"\")"
+        )));
+    }
+
+    let dir = store.dir(&id);
+    let mut text = String::new();
+    for file in ["stdout.log", "stderr.log"] {
+        text.push_str(&fs::read_to_string(dir.join(file)).unwrap_or_default());
+    }
+    match parsed.value("-n") {
+        Some(count) => {
+            let count: usize = count.parse().map_err(|_| {
+                Failure::usage(
+                    format!("The value '{count}' is invalid for '-n <n>'"),
+                    "logs",
+                )
+            })?;
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .collect();
+            for line in &lines[lines.len().saturating_sub(count)..] {
+                println!("{line}");
+            }
+        }
+        None => println!("{}", text.trim_end_matches('\n')),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_image(args: &[String]) -> Outcome {
