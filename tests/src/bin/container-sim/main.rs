@@ -2,9 +2,9 @@
 //!
 //! It implements the commands the driver runs (`create`, `start [--attach]`, `stop`,
 //! `kill`, `delete`, `inspect`, `list`, `stats`, `exec`, `logs`, `system status`,
-//! `--version`)
-//! with the CLI's flags, JSON layouts, exit codes (1 for runtime errors, 64 for usage
-//! errors) and `Error: ` texts. State lives in the directory named by
+//! `--version`) with the CLI's flags, JSON layouts, exit codes (1 for runtime errors,
+//! 64 for usage errors) and `Error: ` texts. It lacks `run`, `image` and the other
+//! commands the driver does not use. State lives in the directory named by
 //! `CONTAINER_SIM_STATE`, so the driver's calls and a test's calls see the same
 //! containers.
 //!
