@@ -1,22 +1,25 @@
 //! The `styx-proxy run` subcommand: flags, config loading and the process lifecycle.
 //!
 //! Order of work: parse and validate every setting, raise the open file limit, start
-//! the runtime, serve metrics when asked, bind every listener, serve until SIGTERM or
-//! SIGINT, then drain. Nothing is bound before the whole configuration is valid.
+//! the runtime, serve metrics when asked, build the DNS resolver when a listener has
+//! upstream names, bind every listener, serve until SIGTERM or SIGINT, then drain.
+//! Nothing is bound before the whole configuration is valid.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use styx_dns::{ResolverConfig, RouteOverride, SplitResolver};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    ConfigError, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_PRECONNECT_MAX_IDLE_S, EngineChoice, ListenerConfig,
-    ProxyConfig,
+    ConfigError, ConfigFile, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_PRECONNECT_MAX_IDLE_S, EngineChoice,
+    ListenerConfig, ProxyConfig,
 };
 use crate::proxy_protocol::ProxyProtocol;
 use crate::server::{BindError, Server};
+use crate::upstream::UpstreamTarget;
 
 /// Options of `styx-proxy run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,9 +33,18 @@ pub struct RunArgs {
     )]
     pub listen: Option<SocketAddr>,
 
-    /// Upstream address as IP:PORT; repeat the flag for round-robin over several.
-    #[arg(long, value_name = "ADDR", requires = "listen")]
-    pub upstream: Vec<SocketAddr>,
+    /// Upstream as IP:PORT, NAME:PORT (A and AAAA records, this port) or srv:NAME (SRV
+    /// records and their ports). Names are re-resolved as their TTLs expire. Repeat the
+    /// flag for round-robin over several.
+    #[arg(long, value_name = "UPSTREAM", requires = "listen")]
+    pub upstream: Vec<UpstreamTarget>,
+
+    /// Send DNS lookups for names under SUFFIX to these servers instead of the route's
+    /// defaults (ts.net: 100.100.100.100:53, consul: 127.0.0.1:8600, others: the
+    /// system's servers). The suffix `.` covers all other names. Repeatable, and applied
+    /// after the config file's dns key.
+    #[arg(long = "dns", value_name = "SUFFIX=IP:PORT[,IP:PORT...]")]
+    pub dns: Vec<RouteOverride>,
 
     /// Forwarding engine: splice on Linux when available, else copy [default: auto,
     /// or the config file's engine].
@@ -85,16 +97,42 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
 }
 
+/// What `styx-proxy run` serves: the proxy settings and the resolver for upstream names.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub proxy: ProxyConfig,
+    pub resolver: ResolverConfig,
+}
+
 impl RunArgs {
-    /// Builds and validates the configuration these flags describe.
+    /// Builds and validates the proxy configuration these flags describe.
     ///
     /// # Errors
     /// [`ConfigError`] naming the invalid flag, or the file and line.
     pub fn to_config(&self) -> Result<ProxyConfig, ConfigError> {
+        self.to_settings().map(|settings| settings.proxy)
+    }
+
+    /// Builds and validates the proxy configuration and the resolver settings: the
+    /// default routes, then the config file's `dns` overrides, then `--dns`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the invalid flag, or the file and line.
+    pub fn to_settings(&self) -> Result<RunSettings, ConfigError> {
+        let mut resolver = ResolverConfig::default();
         let mut config = match &self.config {
-            Some(path) => ProxyConfig::from_file(path)?,
+            Some(path) => {
+                let file = ConfigFile::read(path)?;
+                for route in file.dns {
+                    resolver.apply_override(route);
+                }
+                file.proxy
+            }
             None => self.flags_config()?,
         };
+        for route in &self.dns {
+            resolver.apply_override(route.clone());
+        }
         if let Some(engine) = self.engine {
             for listener in &mut config.listeners {
                 listener.engine = engine;
@@ -107,7 +145,10 @@ impl RunArgs {
             config.drain_timeout = Duration::from_secs(seconds);
         }
         config.validate()?;
-        Ok(config)
+        Ok(RunSettings {
+            proxy: config,
+            resolver,
+        })
     }
 
     fn flags_config(&self) -> Result<ProxyConfig, ConfigError> {
@@ -117,7 +158,10 @@ impl RunArgs {
                 message: "required unless --config is given".into(),
             });
         };
-        let mut listener = ListenerConfig::new("default", listen, self.upstream.clone());
+        let mut listener = ListenerConfig::new("default", listen, Vec::new());
+        for target in &self.upstream {
+            listener.add_target(target.clone());
+        }
         listener.preconnect = usize::from(self.preconnect);
         listener.preconnect_max_idle = Duration::from_secs(self.preconnect_max_idle_s);
         listener.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
@@ -145,6 +189,9 @@ pub enum RunError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The DNS resolver for upstream names could not be built.
+    #[error("failed to build the DNS resolver for upstream names")]
+    Resolver(#[source] styx_dns::resolver::BuildError),
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -156,7 +203,7 @@ pub enum RunError {
 /// [`RunError`] when the configuration is invalid or something cannot start; nothing
 /// is served in that case.
 pub fn run(args: &RunArgs) -> Result<(), RunError> {
-    let config = args.to_config()?;
+    let settings = args.to_settings()?;
 
     match crate::system::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit = ?limit, "Raised the open file limit"),
@@ -173,15 +220,27 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(settings))
 }
 
-async fn serve(config: ProxyConfig) -> Result<(), RunError> {
+async fn serve(settings: RunSettings) -> Result<(), RunError> {
+    let config = settings.proxy;
+    // The recorder comes first: the resolver takes its metric handles when it is built.
     if let Some(addr) = config.metrics_listen {
         crate::metrics::install(addr)?;
         tracing::info!(%addr, "Serving metrics");
     }
-    let server = Server::bind(&config)?;
+
+    let has_names = config
+        .listeners
+        .iter()
+        .any(|listener| !listener.upstream_names.is_empty());
+    let resolver = if has_names {
+        Some(SplitResolver::new(settings.resolver).map_err(RunError::Resolver)?)
+    } else {
+        None
+    };
+    let server = Server::bind_with(&config, resolver.as_ref())?;
 
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone()).map_err(RunError::Runtime)?;

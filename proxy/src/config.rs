@@ -11,11 +11,12 @@
 //! engine = "auto"                  # auto | splice | copy, for every listener
 //! metrics_listen = "127.0.0.1:9100"
 //! drain_timeout_s = 30
+//! dns = ["consul=127.0.0.1:8600"]  # SUFFIX=IP:PORT[,IP:PORT...], as --dns
 //!
 //! [[listener]]
 //! name = "web"                     # metrics label: letters, digits, '_', '-', '.'
 //! listen = "127.0.0.1:18080"
-//! upstream = ["127.0.0.1:8080"]    # round-robin over the list
+//! upstream = ["127.0.0.1:8080"]    # IP:PORT, NAME:PORT or srv:NAME, round-robin
 //! engine = "copy"                  # overrides the top-level engine
 //! preconnect = 4
 //! preconnect_max_idle_s = 30
@@ -34,8 +35,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use styx_dns::{RouteOverride, UpstreamName};
+
 use crate::engine::{Engine, splice_available};
 use crate::proxy_protocol::ProxyProtocol;
+use crate::upstream::UpstreamTarget;
 
 /// Default connection limit per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -89,6 +93,9 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Upstream addresses, used round-robin.
     pub upstreams: Vec<SocketAddr>,
+    /// Upstreams given by name, resolved through the process's resolver and followed as
+    /// their addresses change. They share the round-robin with `upstreams`.
+    pub upstream_names: Vec<UpstreamName>,
     /// Forwarding engine.
     pub engine: EngineChoice,
     /// Pre-connected upstream sockets kept ready; 0 turns the pool off.
@@ -106,12 +113,32 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
+    /// Returns the listener's upstreams in round-robin order: addresses first, then names.
+    pub fn targets(&self) -> Vec<UpstreamTarget> {
+        let addrs = self.upstreams.iter().copied().map(UpstreamTarget::Addr);
+        let names = self
+            .upstream_names
+            .iter()
+            .cloned()
+            .map(UpstreamTarget::Name);
+        addrs.chain(names).collect()
+    }
+
+    /// Adds `target` to the addresses or the names.
+    pub fn add_target(&mut self, target: UpstreamTarget) {
+        match target {
+            UpstreamTarget::Addr(addr) => self.upstreams.push(addr),
+            UpstreamTarget::Name(name) => self.upstream_names.push(name),
+        }
+    }
+
     /// Creates a listener config with every option at its default.
     pub fn new(name: impl Into<String>, listen: SocketAddr, upstreams: Vec<SocketAddr>) -> Self {
         Self {
             name: name.into(),
             listen,
             upstreams,
+            upstream_names: Vec::new(),
             engine: EngineChoice::Auto,
             preconnect: 0,
             preconnect_max_idle: Duration::from_secs(DEFAULT_PRECONNECT_MAX_IDLE_S),
@@ -132,6 +159,16 @@ pub struct ProxyConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long a shutdown waits for open connections before resetting them.
     pub drain_timeout: Duration,
+}
+
+/// A config file as read: the proxy settings, and the resolver routes its `dns` key
+/// overrides.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// Listeners and process settings.
+    pub proxy: ProxyConfig,
+    /// Route overrides, in the form of `--dns` values.
+    pub dns: Vec<RouteOverride>,
 }
 
 /// An invalid setting, or a config file that cannot be read or parsed.
@@ -189,10 +226,10 @@ impl ProxyConfig {
                     format!("{} is used by two listeners", listener.listen),
                 );
             }
-            if listener.upstreams.is_empty() {
+            if listener.upstreams.is_empty() && listener.upstream_names.is_empty() {
                 return invalid(
                     "upstream",
-                    "at least one upstream address is required".into(),
+                    "at least one upstream address or name is required".into(),
                 );
             }
             if listener.max_connections == 0 {
@@ -211,24 +248,45 @@ impl ProxyConfig {
         Ok(())
     }
 
-    /// Reads and validates a TOML config file.
+    /// Reads and validates a TOML config file, ignoring its `dns` key (see
+    /// [`ConfigFile::read`]).
     ///
     /// # Errors
     /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::File`] with
     /// the line of the first invalid value.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        ConfigFile::read(path).map(|file| file.proxy)
+    }
+
+    /// Parses and validates TOML `text`, ignoring its `dns` key; `path` only names the
+    /// file in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::File`] with the line of the first invalid value.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        ConfigFile::parse(text, path).map(|file| file.proxy)
+    }
+}
+
+impl ConfigFile {
+    /// Reads and validates a TOML config file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::File`] with
+    /// the line of the first invalid value.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text, path)
+        Self::parse(&text, path)
     }
 
     /// Parses and validates TOML `text`; `path` only names the file in errors.
     ///
     /// # Errors
     /// [`ConfigError::File`] with the line of the first invalid value.
-    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let file_error = |span: Option<Range<usize>>, message: String| ConfigError::File {
             path: path.to_owned(),
             line: span.map_or(1, |span| line_of(text, span.start)),
@@ -273,6 +331,8 @@ struct RawFile {
     metrics_listen: Option<SocketAddr>,
     drain_timeout_s: Option<u64>,
     #[serde(default)]
+    dns: Vec<Spanned<String>>,
+    #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
 }
 
@@ -281,7 +341,9 @@ struct RawFile {
 struct RawListener {
     name: Spanned<String>,
     listen: Spanned<SocketAddr>,
-    upstream: Spanned<Vec<SocketAddr>>,
+    // Strings, parsed in `into_listener`, so an invalid entry's error names its own line
+    // rather than the line the list starts on.
+    upstream: Spanned<Vec<Spanned<String>>>,
     engine: Option<EngineChoice>,
     preconnect: Option<Spanned<usize>>,
     preconnect_max_idle_s: Option<Spanned<u64>>,
@@ -295,7 +357,7 @@ struct RawListener {
 type Located = (Range<usize>, String);
 
 impl RawFile {
-    fn into_config(self) -> Result<ProxyConfig, Located> {
+    fn into_config(self) -> Result<ConfigFile, Located> {
         if self.listener.is_empty() {
             return Err((0..0, "at least one [[listener]] table is required".into()));
         }
@@ -328,13 +390,19 @@ impl RawFile {
             listeners.push(raw.into_listener(engine)?);
         }
 
-        Ok(ProxyConfig {
+        let proxy = ProxyConfig {
             listeners,
             metrics_listen: self.metrics_listen,
             drain_timeout: Duration::from_secs(
                 self.drain_timeout_s.unwrap_or(DEFAULT_DRAIN_TIMEOUT_S),
             ),
-        })
+        };
+        let dns = self
+            .dns
+            .into_iter()
+            .map(parse_spanned::<RouteOverride>)
+            .collect::<Result<_, _>>()?;
+        Ok(ConfigFile { proxy, dns })
     }
 }
 
@@ -345,10 +413,12 @@ impl RawListener {
         if self.upstream.get_ref().is_empty() {
             return Err((
                 self.upstream.span(),
-                "upstream must list at least one address".into(),
+                "upstream must list at least one address or name".into(),
             ));
         }
-        config.upstreams = self.upstream.into_inner();
+        for target in self.upstream.into_inner() {
+            config.add_target(parse_spanned(target)?);
+        }
         config.engine = self.engine.unwrap_or(default_engine);
         config.proxy_protocol = self.proxy_protocol;
         if let Some(seconds) = self.idle_timeout_s {
@@ -375,6 +445,19 @@ impl RawListener {
         }
         Ok(config)
     }
+}
+
+/// Parses a string value, locating its error at the value.
+fn parse_spanned<T>(value: Spanned<String>) -> Result<T, Located>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let span = value.span();
+    value
+        .into_inner()
+        .parse()
+        .map_err(|error: T::Err| (span, error.to_string()))
 }
 
 fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
@@ -534,5 +617,45 @@ connect_timeout_ms = 250
                 ..
             })
         ));
+    }
+    #[test]
+    fn file_names_and_dns() {
+        let text = "dns = [\"consul=127.0.0.1:8600\", \"ts.net=127.0.0.1:5353,127.0.0.2:53\"]\n\
+                    [[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n\
+                    upstream = [\"127.0.0.1:2\", \"web.service.consul:80\", \"srv:api.service.consul\"]\n";
+        let file = ConfigFile::parse(text, Path::new("proxy.toml")).expect("example is valid");
+        assert_eq!(file.dns.len(), 2);
+        assert_eq!(file.dns[1].servers.len(), 2);
+        let listener = &file.proxy.listeners[0];
+        assert_eq!(listener.upstreams, vec!["127.0.0.1:2".parse().unwrap()]);
+        assert_eq!(
+            listener.upstream_names,
+            vec![
+                "web.service.consul:80".parse().unwrap(),
+                "srv:api.service.consul".parse().unwrap()
+            ]
+        );
+        assert_eq!(listener.targets().len(), 3);
+    }
+
+    #[test]
+    fn file_bad_dns_names_line() {
+        let text = "engine = \"copy\"\ndns = [\"consul\"]\n\
+                    [[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = [\"127.0.0.1:2\"]\n";
+        let (line, message) = error_line(text);
+        assert_eq!(line, 2);
+        assert!(message.contains("expected SUFFIX=IP:PORT"), "{message}");
+    }
+
+    #[test]
+    fn file_bad_upstream_name_names_line() {
+        let text = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n\
+                    upstream = [\"127.0.0.1:2\",\n  \"web.service.consul\"]\n";
+        let (line, message) = error_line(text);
+        assert_eq!(line, 5);
+        assert!(
+            message.contains("expected IP:PORT, NAME:PORT or srv:NAME"),
+            "{message}"
+        );
     }
 }

@@ -25,6 +25,22 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// Returns the address when it refused the connect, was unreachable or timed out: the
+    /// failures that say the address is unhealthy, not that the proxy is.
+    pub fn failed_addr(&self) -> Option<SocketAddr> {
+        match self {
+            ConnectError::NoUpstream => None,
+            ConnectError::TimedOut { addr, .. } => Some(*addr),
+            ConnectError::Io { addr, source } => match source.kind() {
+                io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::ConnectionReset => Some(*addr),
+                _ => None,
+            },
+        }
+    }
+
     /// Returns the bounded `reason` label value for metrics.
     pub fn as_metrics_label(&self) -> &'static str {
         match self {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::io::Errno;
+use styx_dns::SplitResolver;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,7 +27,10 @@ use crate::engine::{self, ByteCounters, Close, ForwardOptions};
 use crate::metrics::{ConnectionResult, ListenerMetrics};
 use crate::pool::{Pool, PoolSettings};
 use crate::proxy_protocol::ProxyProtocol;
-use crate::upstream::{StaticUpstreams, Upstream};
+use crate::upstream::{NamedUpstreams, StaticUpstreams, Upstream};
+
+/// Most upstream addresses one client tries when connects are refused or time out.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// First wait after a failed accept; it doubles up to [`MAX_ACCEPT_BACKOFF`] while
 /// accepts keep failing.
@@ -47,9 +51,17 @@ pub(crate) struct ListenerShared {
 }
 
 impl ListenerShared {
-    pub(crate) fn new(config: &ListenerConfig) -> Self {
+    /// Builds the listener's state. Upstream names are resolved through `resolver`, which
+    /// must be given when `config.upstream_names` is not empty. Must be called within a
+    /// tokio runtime when it is.
+    pub(crate) fn new(config: &ListenerConfig, resolver: Option<&SplitResolver>) -> Self {
         let metrics = ListenerMetrics::new(&config.name);
-        let upstream: Arc<dyn Upstream> = Arc::new(StaticUpstreams::new(config.upstreams.clone()));
+        let upstream: Arc<dyn Upstream> = match resolver {
+            Some(resolver) if !config.upstream_names.is_empty() => {
+                Arc::new(NamedUpstreams::new(&config.targets(), resolver))
+            }
+            _ => Arc::new(StaticUpstreams::new(config.upstreams.clone())),
+        };
         let pool = (config.preconnect > 0).then(|| {
             let settings = PoolSettings {
                 size: config.preconnect,
@@ -92,15 +104,44 @@ impl ListenerShared {
             }
         }
 
-        let result = self.connect_new(header).await;
-        if let Err(error) = &result {
-            self.metrics.record_connect_error(error.as_metrics_label());
-        }
-        result
+        self.connect_new(header).await
     }
 
+    /// Connects to the next upstream address. An address that refuses or times out is
+    /// reported to the upstream set (which may set it aside) and the next one is tried, up
+    /// to [`MAX_CONNECT_ATTEMPTS`] addresses. Each failed attempt is counted.
     async fn connect_new(&self, header: Option<&[u8]>) -> Result<TcpStream, ConnectError> {
-        let addr = self.upstream.pick().ok_or(ConnectError::NoUpstream)?;
+        let attempts = self.upstream.address_count().clamp(1, MAX_CONNECT_ATTEMPTS);
+        let mut attempt = 1;
+        loop {
+            let result = self.connect_once(header).await;
+            let Err(error) = result else {
+                return result;
+            };
+            self.metrics.record_connect_error(error.as_metrics_label());
+
+            let Some(addr) = error.failed_addr() else {
+                return Err(error);
+            };
+            self.upstream.report_failure(addr);
+            if attempt >= attempts {
+                return Err(error);
+            }
+            tracing::debug!(%error, attempt, "Failed to connect to an upstream address, trying the next one");
+            attempt += 1;
+        }
+    }
+
+    async fn connect_once(&self, header: Option<&[u8]>) -> Result<TcpStream, ConnectError> {
+        let addr = match self.upstream.pick() {
+            Some(addr) => addr,
+            None => {
+                // Right after start, the first lookup of a name may still be running.
+                let _ =
+                    tokio::time::timeout(self.connect_timeout, self.upstream.wait_ready()).await;
+                self.upstream.pick().ok_or(ConnectError::NoUpstream)?
+            }
+        };
         let started = Instant::now();
         let mut stream = connect(addr, self.connect_timeout).await?;
         self.metrics.connect_duration.record(started.elapsed());

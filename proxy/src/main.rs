@@ -1,7 +1,8 @@
 //! `styx-proxy`: the standalone Styx data plane and its benchmark.
 //!
-//! Exit codes: 0 after a clean shutdown, 1 when the proxy fails to start or run, 2 for
-//! invalid flags or configuration.
+//! Exit codes: 0 after a clean shutdown (or when `resolve` found records), 1 when the
+//! proxy fails to start or run (or when `resolve` found none or no server answered), 2 for
+//! invalid flags, configuration or names.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ enum Command {
     Run(styx_proxy::cli::RunArgs),
     /// Measure the direct path and each engine side by side.
     Bench(styx_bench::cli::BenchArgs),
+    /// Look a name up through the in-process resolver, one record per line.
+    Resolve(styx_dns::cli::ResolveArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,16 +43,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
+    // `resolve` prints its own one-line error, so the resolver's warnings (a server
+    // demoted, say) would only repeat it.
+    let default_level = match cli.command {
+        Command::Resolve(_) => "error",
+        _ => "info",
+    };
+    init_tracing(default_level);
 
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("styx-proxy: {}", error_chain(&*error));
-            let invalid = error
-                .downcast_ref::<styx_proxy::cli::RunError>()
-                .is_some_and(|error| matches!(error, styx_proxy::cli::RunError::Config(_)));
-            ExitCode::from(if invalid { 2 } else { 1 })
+            ExitCode::from(if is_invalid_input(&error) { 2 } else { 1 })
         }
     }
 }
@@ -58,14 +64,42 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => styx_proxy::cli::run(&args)?,
         Command::Bench(args) => styx_bench::cli::run(args, &std::env::current_exe()?)?,
+        Command::Resolve(args) => print!("{}", resolve(&args)?),
     }
     Ok(())
 }
 
-/// Logs to stderr, at the level RUST_LOG sets (info by default).
-fn init_tracing() {
+/// Runs `styx-proxy resolve` on a single-threaded runtime and returns the text to print.
+fn resolve(args: &styx_dns::cli::ResolveArgs) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(styx_dns::cli::run(args))?)
+}
+
+/// Returns whether `error` comes from invalid settings or an invalid name, not from a
+/// failure while running.
+fn is_invalid_input(error: &anyhow::Error) -> bool {
+    use styx_dns::ResolveError;
+    use styx_dns::cli::RunError as ResolveRunError;
+    use styx_proxy::cli::RunError;
+
+    if let Some(error) = error.downcast_ref::<RunError>() {
+        return matches!(error, RunError::Config(_));
+    }
+    if let Some(error) = error.downcast_ref::<ResolveRunError>() {
+        return matches!(
+            error,
+            ResolveRunError::Resolve(ResolveError::InvalidName(_))
+        );
+    }
+    false
+}
+
+/// Logs to stderr, at the level RUST_LOG sets (`default_level` without it).
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

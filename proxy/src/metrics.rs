@@ -38,7 +38,7 @@ pub const POOL_HITS_TOTAL: &str = "styx_proxy_pool_hits_total";
 /// Clients that found the pre-connect pool empty, by `listener`.
 pub const POOL_MISSES_TOTAL: &str = "styx_proxy_pool_misses_total";
 /// Pooled connections thrown away, by `listener` and `reason` (`closed`, `expired`,
-/// `header_failed`).
+/// `header_failed`, `left_set`).
 pub const POOL_DISCARDS_TOTAL: &str = "styx_proxy_pool_discards_total";
 /// File descriptors open in this process.
 pub const OPEN_FDS: &str = "styx_proxy_open_fds";
@@ -49,6 +49,13 @@ pub const MAX_FDS: &str = "styx_proxy_max_fds";
 pub const CONNECT_DURATION_BUCKETS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
     10.0,
+];
+
+/// Buckets of the resolver's `styx_dns_query_duration_seconds`, from 10 µs (a cache hit)
+/// to 2.5 s (beyond the resolver's per-server timeouts).
+pub const DNS_QUERY_DURATION_BUCKETS: [f64; 14] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+    0.1, 0.5, 2.5,
 ];
 
 /// The way a connection ended: the `result` label of [`CONNECTIONS_TOTAL`].
@@ -247,6 +254,11 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
             Matcher::Full(UPSTREAM_CONNECT_DURATION_SECONDS.to_owned()),
             &CONNECT_DURATION_BUCKETS,
         )
+        .map_err(wrap)?
+        .set_buckets_for_metric(
+            Matcher::Full(styx_dns::metrics::QUERY_DURATION_SECONDS.to_owned()),
+            &DNS_QUERY_DURATION_BUCKETS,
+        )
         .map_err(wrap)?;
     let (recorder, exporter) = builder.build().map_err(wrap)?;
     metrics::set_global_recorder(recorder).map_err(|error| wrap(error.into()))?;
@@ -257,6 +269,7 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     });
 
     describe();
+    styx_dns::metrics::describe();
     tokio::spawn(report_fds(Duration::from_secs(2)));
     Ok(())
 }

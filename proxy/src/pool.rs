@@ -10,10 +10,14 @@
 //! A pooled connection carries no PROXY protocol header, because the client is not
 //! known when it is opened. The listener sends the header after taking it.
 //!
-//! TODO: when the upstream set starts to change (name-based upstreams), drop pooled
-//! connections to addresses that left the set; today they live until they expire.
+//! The pool follows a changing upstream set (upstreams given by name): each pooled
+//! connection remembers its address, and one whose address has left the set is discarded
+//! when it is taken or when the pool expires old connections, so no client is handed a
+//! socket to an address that DNS no longer lists. Refills pick from the current set. A
+//! refill connect that is refused or times out is reported to the set like a client's.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +60,7 @@ pub struct Pool {
 #[derive(Debug)]
 struct Pooled {
     stream: TcpStream,
+    addr: SocketAddr,
     since: Instant,
 }
 
@@ -94,6 +99,11 @@ impl Pool {
                 self.metrics.record_pool_discard("expired");
                 continue;
             }
+            if !self.upstream.contains(pooled.addr) {
+                tracing::debug!(upstream.addr = %pooled.addr, "Discarded a pooled connection to an address that left the upstream set");
+                self.metrics.record_pool_discard("left_set");
+                continue;
+            }
             if !is_open(&pooled.stream) {
                 tracing::debug!("Discarded a pooled connection closed by the upstream");
                 self.metrics.record_pool_discard("closed");
@@ -114,6 +124,13 @@ impl Pool {
     /// # Cancel safety
     /// Cancel safe: a connect in progress is dropped.
     pub async fn maintain(self: Arc<Self>, stop: CancellationToken) {
+        // Names are resolved in the background after start. Filling before the first
+        // answer would only count `no_upstream` errors.
+        tokio::select! {
+            () = self.upstream.wait_ready() => {}
+            () = stop.cancelled() => return,
+        }
+
         let mut backoff = None::<Duration>;
         loop {
             self.expire();
@@ -152,12 +169,16 @@ impl Pool {
                     self.metrics.connect_duration.record(started.elapsed());
                     self.lock().push_back(Pooled {
                         stream,
+                        addr,
                         since: Instant::now(),
                     });
                 }
                 Err(error) => {
                     tracing::debug!(error = %error, "Failed to refill the pre-connect pool");
                     self.metrics.record_connect_error(error.as_metrics_label());
+                    if let Some(addr) = error.failed_addr() {
+                        self.upstream.report_failure(addr);
+                    }
                     return Err(());
                 }
             }
@@ -165,7 +186,8 @@ impl Pool {
         Ok(())
     }
 
-    /// Closes connections that sat unused longer than the maximum idle time.
+    /// Closes connections that sat unused longer than the maximum idle time, and those to
+    /// addresses that left the upstream set.
     fn expire(&self) {
         let mut ready = self.lock();
         while ready
@@ -174,6 +196,12 @@ impl Pool {
         {
             ready.pop_front();
             self.metrics.record_pool_discard("expired");
+        }
+
+        let before = ready.len();
+        ready.retain(|pooled| self.upstream.contains(pooled.addr));
+        for _ in ready.len()..before {
+            self.metrics.record_pool_discard("left_set");
         }
     }
 

@@ -17,20 +17,26 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use styx_dns::{ResolverConfig, SplitResolver};
+
 use crate::config::ProxyConfig;
 use crate::listener::{AcceptContext, ListenerShared, accept_loop};
 
 /// Listen backlog; clients beyond the connection limit wait here.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Failure to bind a listener.
+/// Failure to bind a listener, or to build the resolver its upstream names need.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to listen on {addr} for listener {name:?}")]
-pub struct BindError {
-    name: String,
-    addr: SocketAddr,
-    #[source]
-    source: io::Error,
+pub enum BindError {
+    #[error("failed to listen on {addr} for listener {name:?}")]
+    Listen {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to build the DNS resolver for upstream names")]
+    Resolver(#[source] styx_dns::resolver::BuildError),
 }
 
 /// Connection counts of one drain.
@@ -57,21 +63,52 @@ struct Bound {
 }
 
 impl Server {
-    /// Binds every listener of `config`; the config must have been validated.
+    /// Binds every listener of `config`; the config must have been validated. Upstream
+    /// names, if any, are resolved with the default routes (see [`Server::bind_with`]).
     ///
     /// # Errors
-    /// [`BindError`] for the first address that cannot be bound.
+    /// [`BindError`] for the first address that cannot be bound, or when the default
+    /// resolver cannot be built.
     pub fn bind(config: &ProxyConfig) -> Result<Self, BindError> {
+        Self::bind_with(config, None)
+    }
+
+    /// Binds every listener of `config`, resolving upstream names through `resolver`, or
+    /// through a resolver with the default routes when it is `None` and a listener has
+    /// names. Must be called within a tokio runtime when a listener has names, because each
+    /// name gets a background task that keeps its addresses current.
+    ///
+    /// Install the metrics recorder before building `resolver`, so its metrics record.
+    ///
+    /// # Errors
+    /// [`BindError`] for the first address that cannot be bound, or when the default
+    /// resolver cannot be built.
+    pub fn bind_with(
+        config: &ProxyConfig,
+        resolver: Option<&SplitResolver>,
+    ) -> Result<Self, BindError> {
+        let has_names = config
+            .listeners
+            .iter()
+            .any(|listener| !listener.upstream_names.is_empty());
+        let default_resolver = match resolver {
+            None if has_names => {
+                Some(SplitResolver::new(ResolverConfig::default()).map_err(BindError::Resolver)?)
+            }
+            _ => None,
+        };
+        let resolver = resolver.or(default_resolver.as_ref());
+
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener_config in &config.listeners {
-            let listener = listen(listener_config.listen).map_err(|source| BindError {
+            let listener = listen(listener_config.listen).map_err(|source| BindError::Listen {
                 name: listener_config.name.clone(),
                 addr: listener_config.listen,
                 source,
             })?;
             listeners.push(Bound {
                 listener,
-                shared: Arc::new(ListenerShared::new(listener_config)),
+                shared: Arc::new(ListenerShared::new(listener_config, resolver)),
                 max_connections: listener_config.max_connections,
             });
         }
