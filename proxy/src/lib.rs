@@ -8,7 +8,8 @@
 //!
 //! Layout:
 //! - [`config`]: validated listener and proxy settings, and the TOML file format.
-//! - [`upstream`]: how a listener chooses the address it connects to.
+//! - [`upstream`]: how a listener chooses the address it connects to, from fixed
+//!   addresses or from DNS names that `styx_dns` keeps current.
 //! - [`connect`]: upstream connect with a timeout, and its error classification.
 //! - [`pool`]: pre-connected upstream sockets, each handed to exactly one client.
 //! - [`proxy_protocol`]: PROXY protocol v1 and v2 header encoding.
@@ -18,7 +19,8 @@
 //! - [`server`]: all listeners of one process, and the graceful drain.
 //! - [`metrics`]: metric names, descriptions, handles and the Prometheus endpoint.
 //! - [`system`]: process limits (open files).
-//! - [`cli`]: the `styx-proxy run` subcommand.
+//! - [`cli`]: the `styx-proxy run` subcommand. The `resolve` subcommand is
+//!   `styx_dns::cli`, called from the binary.
 #![forbid(unsafe_code)]
 
 pub mod cli;

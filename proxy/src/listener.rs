@@ -29,7 +29,8 @@ use crate::pool::{Pool, PoolSettings};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::upstream::{NamedUpstreams, StaticUpstreams, Upstream};
 
-/// Most upstream addresses one client tries when connects are refused or time out.
+/// Maximum number of upstream addresses one client tries when connects are refused or time
+/// out, so a client may wait up to three connect timeouts before it is reset.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// First wait after a failed accept; it doubles up to [`MAX_ACCEPT_BACKOFF`] while
@@ -111,7 +112,6 @@ impl ListenerShared {
     /// reported to the upstream set (which may set it aside) and the next one is tried, up
     /// to [`MAX_CONNECT_ATTEMPTS`] addresses. Each failed attempt is counted.
     async fn connect_new(&self, header: Option<&[u8]>) -> Result<TcpStream, ConnectError> {
-        let attempts = self.upstream.address_count().clamp(1, MAX_CONNECT_ATTEMPTS);
         let mut attempt = 1;
         loop {
             let result = self.connect_once(header).await;
@@ -124,6 +124,8 @@ impl ListenerShared {
                 return Err(error);
             };
             self.upstream.report_failure(addr);
+            // Counted only after a failure, to keep the common path to one `pick`.
+            let attempts = self.upstream.address_count().clamp(1, MAX_CONNECT_ATTEMPTS);
             if attempt >= attempts {
                 return Err(error);
             }
