@@ -35,8 +35,9 @@ pub enum BindError {
         #[source]
         source: io::Error,
     },
+    /// Boxed, because the resolver's error is large and callers keep this one inline.
     #[error("failed to build the DNS resolver for upstream names")]
-    Resolver(#[source] styx_dns::resolver::BuildError),
+    Resolver(#[source] Box<styx_dns::resolver::BuildError>),
 }
 
 /// Connection counts of one drain.
@@ -92,9 +93,10 @@ impl Server {
             .iter()
             .any(|listener| !listener.upstream_names.is_empty());
         let default_resolver = match resolver {
-            None if has_names => {
-                Some(SplitResolver::new(ResolverConfig::default()).map_err(BindError::Resolver)?)
-            }
+            None if has_names => Some(
+                SplitResolver::new(ResolverConfig::default())
+                    .map_err(|error| BindError::Resolver(Box::new(error)))?,
+            ),
             _ => None,
         };
         let resolver = resolver.or(default_resolver.as_ref());
