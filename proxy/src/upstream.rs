@@ -15,11 +15,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use styx_dns::watch::UpstreamNameError;
+use styx_dns::watch::{AddressSet, UpstreamNameError};
 use styx_dns::{AddressWatch, SplitResolver, UpstreamName};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// How long an address that refused a connection or timed out is skipped.
 ///
@@ -153,6 +156,8 @@ impl<'de> serde::Deserialize<'de> for UpstreamTarget {
 pub struct NamedUpstreams {
     entries: Vec<Entry>,
     next: AtomicUsize,
+    /// Tasks that log each name's address changes; aborted on drop.
+    loggers: Vec<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -164,18 +169,51 @@ enum Entry {
 impl NamedUpstreams {
     /// Starts one watch per name through `resolver`. Must be called within a tokio runtime.
     pub fn new(targets: &[UpstreamTarget], resolver: &SplitResolver) -> Self {
-        let entries = targets
-            .iter()
-            .map(|target| match target {
-                UpstreamTarget::Addr(addr) => Entry::Addr(*addr),
+        let mut entries = Vec::with_capacity(targets.len());
+        let mut loggers = Vec::new();
+        for target in targets {
+            match target {
+                UpstreamTarget::Addr(addr) => entries.push(Entry::Addr(*addr)),
                 UpstreamTarget::Name(name) => {
-                    Entry::Name(AddressWatch::spawn(resolver.clone(), name.clone()))
+                    let watch = AddressWatch::spawn(resolver.clone(), name.clone());
+                    loggers.push(tokio::spawn(log_changes(name.clone(), watch.subscribe())));
+                    entries.push(Entry::Name(watch));
                 }
-            })
-            .collect();
+            }
+        }
         Self {
             entries,
             next: AtomicUsize::new(0),
+            loggers,
+        }
+    }
+}
+
+impl Drop for NamedUpstreams {
+    fn drop(&mut self) {
+        for logger in &self.loggers {
+            logger.abort();
+        }
+    }
+}
+
+/// Logs each change of `name`'s address set: at info while it has addresses, and as a
+/// warning when it has none, because the name then serves no clients.
+async fn log_changes(name: UpstreamName, mut receiver: watch::Receiver<Arc<AddressSet>>) {
+    let mut last: Option<Vec<SocketAddr>> = None;
+    while receiver.changed().await.is_ok() {
+        // The set also changes when only its last error does, which is logged by the watch.
+        let set = receiver.borrow_and_update().clone();
+        if !set.resolved || last.as_ref() == Some(&set.addrs) {
+            continue;
+        }
+        last = Some(set.addrs.clone());
+
+        let error = set.error.as_ref().map(ToString::to_string);
+        if set.addrs.is_empty() {
+            tracing::warn!(upstream = %name, error, "Upstream name has no addresses");
+        } else {
+            tracing::info!(upstream = %name, addrs = ?set.addrs, error, "Upstream addresses changed");
         }
     }
 }
