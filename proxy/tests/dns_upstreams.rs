@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{closed_port, metrics_addr, parse_samples, scrape, value, within};
+use common::{closed_port, metrics_addr, parse_samples, scrape, value, wait_for_metric, within};
 use dns_support::{Dnsmasq, Zone};
 use styx_dns::{ResolverConfig, RouteConfig, Servers, SplitResolver};
 use styx_proxy::{DrainReport, ListenerConfig, ProxyConfig, Server};
@@ -217,7 +217,13 @@ async fn refusing_address_set_aside() {
     let served = spread(proxy.addr, 10).await;
     assert_eq!(served.get("127.0.0.31"), Some(&10), "{served:?}");
 
-    // One refusal, then the address is skipped for the rest of the test.
+    // Every client completed, after one refusal: the address was skipped from then on.
+    let completed = wait_for_metric(
+        styx_proxy::metrics::CONNECTIONS_TOTAL,
+        &[("listener", name), ("result", "completed")],
+        10.0,
+    )
+    .await;
     let samples = parse_samples(&scrape().await);
     let refused = value(
         &samples,
@@ -225,11 +231,6 @@ async fn refusing_address_set_aside() {
         &[("listener", name), ("reason", "refused")],
     );
     assert_eq!(refused, Some(1.0));
-    let completed = value(
-        &samples,
-        styx_proxy::metrics::CONNECTIONS_TOTAL,
-        &[("listener", name), ("result", "completed")],
-    );
     assert_eq!(completed, Some(10.0));
     proxy.stop().await;
 }
