@@ -34,7 +34,8 @@ pub struct RunArgs {
     pub listen: Option<SocketAddr>,
 
     /// Upstream as IP:PORT, NAME:PORT (A and AAAA records, this port) or srv:NAME (SRV
-    /// records and their ports). Names are re-resolved as their TTLs expire. Repeat the
+    /// records and their ports). Names are re-resolved as their TTLs expire, and a name's
+    /// address that refuses a connection or times out is skipped for 10 s. Repeat the
     /// flag for round-robin over several.
     #[arg(long, value_name = "UPSTREAM", requires = "listen")]
     pub upstream: Vec<UpstreamTarget>,
