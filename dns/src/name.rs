@@ -5,6 +5,7 @@
 //! does not accept IDNA (Unicode) names: every label must already be ASCII.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use hickory_resolver::proto::rr::Name;
@@ -33,6 +34,18 @@ pub enum NameError {
          and may not start or end with '-'"
     )]
     BadLabel { name: String, label: String },
+    #[error("invalid name {name:?}: SRV lookups need a service name, not an IP address")]
+    IpAddressForSrv { name: String },
+}
+
+/// Returns the address when `input` is an IPv4 or IPv6 literal (`10.0.0.5`, `::1` or
+/// `[::1]`), which is looked up as itself with no query sent, as getaddrinfo does.
+pub fn parse_ip_literal(input: &str) -> Option<IpAddr> {
+    if let Ok(ip) = input.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let bracketed = input.strip_prefix('[')?.strip_suffix(']')?;
+    bracketed.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
 /// Parses a host or service name into a fully qualified, lowercase [`Name`].
@@ -204,6 +217,19 @@ mod tests {
             parse_name(&long_name),
             Err(NameError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn ip_literal_forms() {
+        assert_eq!(
+            parse_ip_literal("127.0.0.1"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(parse_ip_literal("::1"), Some("::1".parse().unwrap()));
+        assert_eq!(parse_ip_literal("[::1]"), Some("::1".parse().unwrap()));
+        assert_eq!(parse_ip_literal("[127.0.0.1]"), None);
+        assert_eq!(parse_ip_literal("127.0.0.1.example.com"), None);
+        assert_eq!(parse_ip_literal("web.service.consul"), None);
     }
 
     #[test]

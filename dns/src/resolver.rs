@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::Shared;
@@ -19,7 +19,7 @@ use crate::cache::{Cache, Key};
 use crate::config::{ResolverConfig, Servers};
 use crate::error::{ResolveError, ServerFailures};
 use crate::metrics::{Outcome, RouteMetrics};
-use crate::name::{Suffix, parse_name};
+use crate::name::{NameError, Suffix, parse_ip_literal, parse_name};
 use crate::upstream::{ServerSet, SetError, Timing};
 
 /// Error of building a [`SplitResolver`].
@@ -74,6 +74,10 @@ impl std::fmt::Debug for SplitResolver {
             .finish_non_exhaustive()
     }
 }
+
+/// How long the lookup result of an IP literal is valid. The address never changes, so this only
+/// needs to be far beyond any cache or watch period.
+const IP_LITERAL_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 type LookupFuture = Pin<Box<dyn Future<Output = Result<Arc<Entry>, ResolveError>> + Send>>;
 type SharedLookup = Shared<LookupFuture>;
@@ -168,20 +172,38 @@ impl SplitResolver {
     ///
     /// # Errors
     ///
+    /// An IPv4 or IPv6 literal is returned as itself with no query sent, as getaddrinfo does.
+    ///
+    /// # Errors
+    ///
     /// [`ResolveError::InvalidName`] for a malformed name, `NxDomain` or `NoRecords` for a
-    /// negative answer, `Unreachable` when no server of the route answered.
+    /// negative answer, `Unreachable` when no server of the route answered. A literal of the
+    /// other family gets `NoRecords`.
     pub async fn lookup_ip(&self, name: &str, family: IpFamily) -> Result<IpLookup, ResolveError> {
+        if let Some(ip) = parse_ip_literal(name) {
+            let query_type = family.query_type();
+            return literal_lookup(ip, Some(query_type)).ok_or(ResolveError::NoRecords {
+                name: name.to_owned(),
+                query_type,
+            });
+        }
+
         let name = parse_name(name)?;
         self.lookup_ip_name(name, family.query_type()).await
     }
 
-    /// Looks up A and AAAA records of `name` at once and merges them, IPv4 first.
+    /// Looks up A and AAAA records of `name` at once and merges them, IPv4 first. An IP
+    /// literal is returned as itself with no query sent.
     ///
     /// # Errors
     ///
     /// Fails only when neither type has records: with the A lookup's error, unless that is a
     /// negative answer and the AAAA lookup failed to reach any server.
     pub async fn lookup_host(&self, name: &str) -> Result<IpLookup, ResolveError> {
+        if let Some(ip) = parse_ip_literal(name) {
+            return Ok(literal_lookup(ip, None).expect("any family matches"));
+        }
+
         let name = parse_name(name)?;
         let (v4, v6) = tokio::join!(
             self.lookup_ip_name(name.clone(), QueryType::A),
@@ -206,8 +228,16 @@ impl SplitResolver {
     /// # Errors
     ///
     /// As [`Self::lookup_ip`], for the SRV query. A target whose addresses cannot be looked up
-    /// is returned with no addresses rather than failing the lookup.
+    /// is returned with no addresses rather than failing the lookup. An IP literal is an
+    /// invalid name, because only names have SRV records.
     pub async fn lookup_srv(&self, name: &str) -> Result<SrvLookup, ResolveError> {
+        if parse_ip_literal(name).is_some() {
+            return Err(NameError::IpAddressForSrv {
+                name: name.to_owned(),
+            }
+            .into());
+        }
+
         let name = parse_name(name)?;
         let entry = self.lookup_entry(name.clone(), QueryType::Srv).await?;
         let EntryData::Srv(records) = &entry.data else {
@@ -390,6 +420,21 @@ impl Drop for InFlightGuard {
             .unwrap_or_else(|p| p.into_inner());
         in_flight.remove(&self.key);
     }
+}
+
+/// Returns the lookup result of an IP literal, or `None` when `query_type` requests the other
+/// family. `None` as the type matches both families.
+fn literal_lookup(ip: IpAddr, query_type: Option<QueryType>) -> Option<IpLookup> {
+    let family_matches = match query_type {
+        Some(QueryType::A) => ip.is_ipv4(),
+        Some(QueryType::Aaaa) => ip.is_ipv6(),
+        Some(QueryType::Srv) => false,
+        None => true,
+    };
+    family_matches.then(|| IpLookup {
+        addrs: vec![ip],
+        valid_until: Instant::now() + IP_LITERAL_VALIDITY,
+    })
 }
 
 fn negative_error(data: &EntryData, name: &Name, query_type: QueryType) -> ResolveError {

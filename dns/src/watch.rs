@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::ResolveError;
-use crate::name::{NameError, parse_name};
+use crate::name::{NameError, parse_ip_literal, parse_name};
 use crate::resolver::SplitResolver;
 
 /// Longest wait between retries while no server answers.
@@ -27,6 +27,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// An upstream given by name: `web.service.consul:80` (A and AAAA records, this port) or
 /// `srv:web.service.consul` (SRV records, their ports).
+///
+/// Parsing rejects an IP address, but a `Host` built with an IP literal as its name is
+/// watched as a fixed address set and never looked up.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UpstreamName {
     Host { name: String, port: u16 },
@@ -228,6 +231,15 @@ async fn watch_loop(
     name: UpstreamName,
     sender: watch::Sender<Arc<AddressSet>>,
 ) {
+    // An IP literal is a fixed address set: it is published once and never looked up again.
+    // The task then waits without returning, so subscribers never see the sender close.
+    if let UpstreamName::Host { name, port } = &name
+        && let Some(ip) = parse_ip_literal(name)
+    {
+        publish(&sender, vec![SocketAddr::new(ip, *port)], None);
+        std::future::pending::<()>().await;
+    }
+
     let floor = resolver.ttl_floor().max(Duration::from_millis(100));
     let mut failures_in_row: u32 = 0;
 

@@ -163,3 +163,27 @@ async fn bad_names_rejected() {
         "bad names are rejected before any query"
     );
 }
+
+#[tokio::test]
+async fn ip_literal_printed_without_query() {
+    let silent = SilentServer::start();
+    let cases = [
+        (&["127.0.0.1"][..], "127.0.0.1\n"),
+        (&["::1", "--type", "aaaa"][..], "::1\n"),
+        (&["[::1]", "--type", "aaaa"][..], "::1\n"),
+    ];
+    for (argv, expected) in cases {
+        let output = run(&args(silent.addr, argv)).await.unwrap();
+        assert_eq!(output, expected, "{argv:?}");
+    }
+
+    let error = run(&args(silent.addr, &["127.0.0.1", "--type", "srv"]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "invalid name \"127.0.0.1\": SRV lookups need a service name, not an IP address"
+    );
+    assert_eq!(silent.received(), 0, "IP literals send no query");
+}

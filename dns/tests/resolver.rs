@@ -614,3 +614,34 @@ async fn srv_targets_resolved_without_glue() {
         "target looked up"
     );
 }
+
+#[tokio::test]
+async fn ip_literal_returned_without_query() {
+    let silent = SilentServer::start();
+    let resolver = SplitResolver::new(config(&[(".", vec![silent.addr])])).unwrap();
+    let v4: IpAddr = "10.0.0.5".parse().unwrap();
+    let v6: IpAddr = "fd00::5".parse().unwrap();
+
+    let found = resolver.lookup_ip("10.0.0.5", IpFamily::V4).await.unwrap();
+    assert_eq!(found.addrs, vec![v4]);
+    let found = resolver.lookup_ip("fd00::5", IpFamily::V6).await.unwrap();
+    assert_eq!(found.addrs, vec![v6]);
+    let found = resolver.lookup_host("[fd00::5]").await.unwrap();
+    assert_eq!(found.addrs, vec![v6]);
+    let found = resolver.lookup_host("10.0.0.5").await.unwrap();
+    assert_eq!(found.addrs, vec![v4]);
+
+    // getaddrinfo with one family also fails for a literal of the other family.
+    let error = resolver
+        .lookup_ip("10.0.0.5", IpFamily::V6)
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "10.0.0.5 has no AAAA records");
+
+    let error = resolver.lookup_srv("10.0.0.5").await.unwrap_err();
+    assert!(
+        matches!(error, ResolveError::InvalidName(_)),
+        "SRV on a literal: {error}"
+    );
+    assert_eq!(silent.received(), 0, "IP literals send no query");
+}

@@ -173,3 +173,29 @@ async fn set_aside_address_skipped() {
         "back in rotation after its period: {picks:?}"
     );
 }
+
+#[tokio::test]
+async fn ip_literal_watch_is_fixed() {
+    let silent = support::SilentServer::start();
+    let name = UpstreamName::Host {
+        name: "127.0.0.1".to_owned(),
+        port: 8080,
+    };
+    let watch = AddressWatch::spawn(resolver(silent.addr), name);
+
+    let set = tokio::time::timeout(WAIT, watch.ready()).await.unwrap();
+    assert_eq!(set.addrs, addrs(&["127.0.0.1:8080"]));
+    assert_eq!(set.error, None);
+    assert_eq!(watch.next_addr(), Some("127.0.0.1:8080".parse().unwrap()));
+
+    // Several TTL floors (200 ms here) pass with no lookup and no change to the set.
+    let mut receiver = watch.subscribe();
+    receiver.mark_unchanged();
+    let changed = tokio::time::timeout(Duration::from_secs(1), receiver.changed()).await;
+    assert!(
+        changed.is_err(),
+        "the fixed set changed: {:?}",
+        watch.current()
+    );
+    assert_eq!(silent.received(), 0, "an IP literal sends no query");
+}
