@@ -23,8 +23,9 @@ pub struct ResolveArgs {
     pub query_type: QueryType,
 
     /// Send names under SUFFIX to these servers instead of the route's defaults, given as
-    /// SUFFIX=IP:PORT[,IP:PORT...]. The suffix `.` covers all other names. Repeatable.
-    #[arg(long = "dns", value_name = "SUFFIX=IP:PORT[,IP:PORT...]")]
+    /// SUFFIX=IP[:PORT][,IP[:PORT]...]. A server without a port gets port 53. Write an IPv6
+    /// server with a port as [::1]:5353. The suffix `.` covers all other names. Repeatable.
+    #[arg(long = "dns", value_name = "SUFFIX=IP[:PORT][,IP[:PORT]...]")]
     pub dns: Vec<RouteOverride>,
 
     /// Print one JSON object instead of one record per line.
@@ -181,7 +182,36 @@ mod tests {
     #[test]
     fn args_reject_malformed_dns() {
         let message = parse(&["web.service.consul", "--dns", "consul"]).unwrap_err();
-        assert!(message.contains("expected SUFFIX=IP:PORT"), "{message}");
+        assert!(message.contains("expected SUFFIX=IP[:PORT]"), "{message}");
+    }
+
+    #[test]
+    fn args_dns_port_optional() {
+        let args = parse(&[
+            "web.service.consul",
+            "--dns",
+            "consul=127.0.0.1",
+            "--dns",
+            "ts.net=::1",
+            "--dns",
+            ".=[::1]:5353",
+        ])
+        .unwrap();
+        let servers: Vec<String> = args
+            .dns
+            .iter()
+            .map(|route| route.servers[0].to_string())
+            .collect();
+        assert_eq!(servers, ["127.0.0.1:53", "[::1]:53", "[::1]:5353"]);
+    }
+
+    #[test]
+    fn help_shows_optional_port() {
+        let help = Command::try_parse_from(["resolve", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(help.contains("SUFFIX=IP[:PORT][,IP[:PORT]...]"), "{help}");
+        assert!(help.contains("gets port 53"), "{help}");
     }
 
     #[test]

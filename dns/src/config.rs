@@ -1,5 +1,5 @@
 //! Resolver settings: the routes (suffix to upstream servers), timeouts, demotion and cache
-//! TTL policy, and the parser for `--dns SUFFIX=IP:PORT[,IP:PORT...]` route overrides.
+//! TTL policy, and the parser for `--dns SUFFIX=IP[:PORT][,IP[:PORT]...]` route overrides.
 //!
 //! This module only describes a resolver; [`crate::SplitResolver::new`] builds one from it.
 
@@ -7,7 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::name::{NameError, Suffix};
+use crate::name::{NameError, Suffix, parse_ip_literal};
+
+/// Port of a `--dns` server given without one: the standard DNS port.
+pub const DNS_PORT: u16 = 53;
 
 /// MagicDNS, Tailscale's resolver for `<machine>.<tailnet>.ts.net` names.
 pub const MAGICDNS_SERVER: SocketAddr =
@@ -126,10 +129,12 @@ fn default_routes() -> Vec<RouteConfig> {
     ]
 }
 
-/// A `--dns SUFFIX=IP:PORT[,IP:PORT...]` value: the servers that replace a route's.
+/// A `--dns SUFFIX=IP[:PORT][,IP[:PORT]...]` value: the servers that replace a route's.
 ///
-/// IPv6 servers are written in brackets (`[::1]:53`). A server without a port gets port 53.
-/// `SUFFIX` may be `.` to replace the system servers for all other names.
+/// A server without a port gets port 53, the DNS default: `127.0.0.1` is `127.0.0.1:53`. An
+/// IPv6 server with a port is written in brackets (`[::1]:5353`), and without a port either
+/// bare or in brackets (`::1`, `[::1]`). `SUFFIX` may be `.` to replace the system servers for
+/// all other names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteOverride {
     pub suffix: Suffix,
@@ -139,7 +144,7 @@ pub struct RouteOverride {
 /// Error of parsing a `--dns` value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteOverrideError {
-    #[error("invalid --dns value {input:?}: expected SUFFIX=IP:PORT[,IP:PORT...]")]
+    #[error("invalid --dns value {input:?}: expected SUFFIX=IP[:PORT][,IP[:PORT]...]")]
     MissingEquals { input: String },
     #[error("invalid --dns value {input:?}: {source}")]
     BadSuffix {
@@ -150,7 +155,8 @@ pub enum RouteOverrideError {
     #[error("invalid --dns value {input:?}: no servers after '='")]
     NoServers { input: String },
     #[error(
-        "invalid --dns value {input:?}: {server:?} is not IP:PORT (write IPv6 servers as [::1]:53)"
+        "invalid --dns value {input:?}: {server:?} is not IP[:PORT] \
+         (the port is 53 when omitted, and an IPv6 server with a port is written as [::1]:5353)"
     )]
     BadServer { input: String, server: String },
 }
@@ -192,13 +198,12 @@ impl FromStr for RouteOverride {
     }
 }
 
+/// Parses `IP:PORT`, `[IPv6]:PORT`, or a bare `IP`, `IPv6` or `[IPv6]` with port 53.
 fn parse_server(text: &str) -> Option<SocketAddr> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Some(addr);
     }
-    text.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, 53))
+    parse_ip_literal(text).map(|ip| SocketAddr::new(ip, DNS_PORT))
 }
 
 impl<'de> serde::Deserialize<'de> for RouteOverride {
@@ -228,6 +233,23 @@ mod tests {
     }
 
     #[test]
+    fn override_server_forms() {
+        let cases = [
+            ("127.0.0.1", "127.0.0.1:53"),
+            ("127.0.0.1:5353", "127.0.0.1:5353"),
+            ("::1", "[::1]:53"),
+            ("[::1]", "[::1]:53"),
+            ("[::1]:5353", "[::1]:5353"),
+            ("fe80::1", "[fe80::1]:53"),
+        ];
+        for (server, expected) in cases {
+            let route: RouteOverride = format!("consul={server}").parse().unwrap();
+            let expected: SocketAddr = expected.parse().unwrap();
+            assert_eq!(route.servers, vec![expected], "{server}");
+        }
+    }
+
+    #[test]
     fn override_accepts_root_suffix() {
         let route: RouteOverride = ".=127.0.0.1:5353".parse().unwrap();
         assert_eq!(route.suffix, Suffix::root());
@@ -236,14 +258,20 @@ mod tests {
     #[test]
     fn override_rejects_malformed_values() {
         let cases = [
-            ("consul", "expected SUFFIX=IP:PORT"),
+            ("consul", "expected SUFFIX=IP[:PORT]"),
             ("=127.0.0.1:53", "the name is empty"),
             ("con sul=127.0.0.1:53", "may contain only"),
             ("consul=", "no servers"),
-            ("consul=127.0.0.1:53,", "\"\" is not IP:PORT"),
-            ("consul=localhost:53", "\"localhost:53\" is not IP:PORT"),
-            ("consul=::1:53:x", "is not IP:PORT"),
-            ("consul=127.0.0.1:99999", "is not IP:PORT"),
+            ("consul=127.0.0.1:53,", "\"\" is not IP[:PORT]"),
+            ("consul=localhost:53", "\"localhost:53\" is not IP[:PORT]"),
+            (
+                "consul=localhost",
+                "\"localhost\" is not IP[:PORT] (the port is 53 when omitted",
+            ),
+            ("consul=::1:53:x", "is not IP[:PORT]"),
+            ("consul=[::1]:x", "is not IP[:PORT]"),
+            ("consul=[127.0.0.1]:53", "is not IP[:PORT]"),
+            ("consul=127.0.0.1:99999", "is not IP[:PORT]"),
         ];
         for (input, expected) in cases {
             let message = input.parse::<RouteOverride>().unwrap_err().to_string();
@@ -295,6 +323,6 @@ mod tests {
         let error = serde_json::from_str::<RouteOverride>(r#""consul""#)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("expected SUFFIX=IP:PORT"), "{error}");
+        assert!(error.contains("expected SUFFIX=IP[:PORT]"), "{error}");
     }
 }
