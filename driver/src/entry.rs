@@ -2,7 +2,9 @@
 //! build the same program under another name.
 //!
 //! With `supervise` as its first argument the program runs a task's supervisor (see
-//! [`crate::supervisor`]); otherwise it is the plugin that Nomad starts.
+//! [`crate::supervisor`]). With `--version` or `--help` (`-V`, `-h`) it prints that text
+//! and exits 0, so that a user can check the installed plugin without Nomad's
+//! environment. Otherwise it is the plugin that Nomad starts.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,6 +27,30 @@ const LOG_FILTER_KEY: &str = "STYX_DRIVER_LOG";
 /// Environment variable naming a file that receives a copy of every log line.
 const LOG_FILE_KEY: &str = "STYX_DRIVER_LOG_FILE";
 
+/// Usage printed by `--help`.
+const USAGE: &str = "\
+Nomad task driver plugin for Apple containers (driver name apple-container).
+
+A Nomad client starts this binary from its plugin_dir; it is not meant to be run by hand.
+Run by hand without Nomad's environment, it prints why and exits with status 1.
+
+Usage:
+  styx-driver              serve the plugin (started by Nomad)
+  styx-driver --version    print the version and exit
+  styx-driver --help       print this help and exit
+";
+
+/// Returns the text to print for `--version` or `--help` (and `-V`, `-h`), or `None`
+/// for any other argument.
+pub fn informational_text(arg: &str) -> Option<String> {
+    let version_line = format!("styx-driver {}\n", env!("CARGO_PKG_VERSION"));
+    match arg {
+        "--version" | "-V" => Some(version_line),
+        "--help" | "-h" => Some(format!("{version_line}{USAGE}")),
+        _ => None,
+    }
+}
+
 /// Runs the program and returns its exit status.
 pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -33,6 +59,17 @@ pub fn main() -> ExitCode {
         .is_some_and(|arg| arg == supervisor::SUBCOMMAND)
     {
         return supervisor::main(&args[1..]);
+    }
+
+    if let Some(text) = args
+        .first()
+        .and_then(|arg| informational_text(arg.to_str()?))
+    {
+        // A failed write, such as to a closed stdout, exits 1 without a message.
+        return match write!(std::io::stdout(), "{text}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
     }
 
     if let Err(error) = handshake::check_environment(|key| std::env::var(key).ok()) {
@@ -77,5 +114,32 @@ pub fn main() -> ExitCode {
             tracing::error!(error = %error, "plugin failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_flags_print_version() {
+        let expected = format!("styx-driver {}\n", env!("CARGO_PKG_VERSION"));
+        assert_eq!(informational_text("--version"), Some(expected.clone()));
+        assert_eq!(informational_text("-V"), Some(expected));
+    }
+
+    #[test]
+    fn help_flags_print_usage() {
+        for flag in ["--help", "-h"] {
+            let text = informational_text(flag).unwrap();
+            assert!(text.starts_with("styx-driver "), "{text}");
+            assert!(text.contains("started by Nomad"), "{text}");
+        }
+    }
+
+    #[test]
+    fn other_arguments_print_nothing() {
+        assert_eq!(informational_text("serve"), None);
+        assert_eq!(informational_text("--versions"), None);
     }
 }

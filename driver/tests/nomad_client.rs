@@ -176,6 +176,29 @@ async fn launch_without_cookie_is_rejected() {
     assert!(stderr.contains("plugin_dir"), "{stderr}");
 }
 
+#[test]
+fn version_and_help_need_no_cookie() {
+    for (flag, expected) in [
+        ("--version", "styx-driver "),
+        ("--help", "started by Nomad"),
+    ] {
+        let output = std::process::Command::new(BINARY)
+            .arg(flag)
+            .env_remove("NOMAD_PLUGIN_MAGIC_COOKIE")
+            .output()
+            .unwrap();
+
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert!(stdout.contains(expected), "{flag}: {stdout}");
+        assert!(
+            stdout.contains(env!("CARGO_PKG_VERSION")),
+            "{flag}: {stdout}"
+        );
+        assert!(output.stderr.is_empty(), "{flag}");
+    }
+}
+
 #[tokio::test]
 async fn launch_with_wrong_cookie_is_rejected() {
     let options = LaunchOptions {
