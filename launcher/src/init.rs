@@ -5,6 +5,8 @@
 //! state file are staged and committed in one step (see `install`), and the services are
 //! started unless `--no-start` was given.
 
+use std::path::Path;
+
 use crate::cli::InitArgs;
 use crate::configs::GossipKeys;
 use crate::files;
@@ -145,6 +147,22 @@ pub fn server_profiles(state: &NodeState) -> Vec<(&'static str, LeafProfile)> {
     ]
 }
 
+/// Says where Vault's unseal key and root token are. The file exists only once
+/// `styx start` (or `init` without `--no-start`) has initialised Vault.
+fn vault_init_note(vault_init: &Path) -> String {
+    if vault_init.exists() {
+        format!(
+            "Vault's unseal key and root token: {}",
+            vault_init.display()
+        )
+    } else {
+        format!(
+            "Vault is not initialised yet: `styx start` initialises it and saves its unseal key and root token to {}",
+            vault_init.display()
+        )
+    }
+}
+
 fn print_next_steps(state: &NodeState, layout: &Layout, no_start: bool) {
     println!();
     println!("Next steps:");
@@ -157,10 +175,7 @@ fn print_next_steps(state: &NodeState, layout: &Layout, no_start: bool) {
     println!("  styx status                     # services and cluster members");
     println!("  styx doctor                     # prerequisites and macOS hazards");
     println!();
-    println!(
-        "Vault's unseal key and root token: {}",
-        layout.vault_init().display()
-    );
+    println!("{}", vault_init_note(&layout.vault_init()));
     println!(
         "Nomad CLI: export NOMAD_ADDR={} NOMAD_CACERT={} NOMAD_CLIENT_CERT={} NOMAD_CLIENT_KEY={}",
         state.nomad_url(),

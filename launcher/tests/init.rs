@@ -410,6 +410,28 @@ fn init_no_start_runs_no_launchctl() {
 }
 
 #[test]
+fn init_no_start_says_start_initialises_vault() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("styx");
+
+    let output = init(&fakes, &prefix, &[]);
+
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let vault_init = prefix.join("secrets").join("vault-init.json");
+    assert!(!vault_init.exists());
+    assert!(
+        !stdout.contains("Vault's unseal key and root token:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("`styx start` initialises it"), "{stdout}");
+    assert!(
+        stdout.contains(&vault_init.display().to_string()),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn init_refuses_existing_setup() {
     let fakes = Fakes::healthy();
     let home = tempfile::tempdir().unwrap();
