@@ -76,3 +76,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ExitCode::from(EXIT_UNHEALTHY)
     })
 }
+
+/// Formats an error with its chain of sources, `outer: inner: os error`, so that a
+/// one-line report keeps the cause (such as "Connection refused").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::driver_options::DRIVER_NAME;
+use crate::error_chain;
 use crate::http::HttpsClient;
 use crate::launchd;
 use crate::layout::Layout;
@@ -113,7 +114,7 @@ async fn nomad_items(client: &HttpsClient) -> Vec<Item> {
         Ok(leader) if !leader.is_empty() => items.push(Item::up("nomad leader", leader)),
         Ok(_) => items.push(Item::down("nomad leader", "no leader elected")),
         Err(error) => {
-            items.push(Item::down("nomad api", error.to_string()));
+            items.push(Item::down("nomad api", error_chain(&error)));
             return items;
         }
     }
@@ -131,12 +132,12 @@ async fn nomad_items(client: &HttpsClient) -> Vec<Item> {
                 }
             }
         }
-        Err(error) => items.push(Item::down("nomad members", error.to_string())),
+        Err(error) => items.push(Item::down("nomad members", error_chain(&error))),
     }
 
     match client.get_json::<Vec<Value>>("/v1/nodes").await {
         Ok(nodes) => items.extend(nodes.iter().map(node_item)),
-        Err(error) => items.push(Item::down("nomad nodes", error.to_string())),
+        Err(error) => items.push(Item::down("nomad nodes", error_chain(&error))),
     }
     items
 }
@@ -172,7 +173,7 @@ async fn consul_items(client: &HttpsClient) -> Vec<Item> {
         Ok(leader) if !leader.is_empty() => items.push(Item::up("consul leader", leader)),
         Ok(_) => items.push(Item::down("consul leader", "no leader elected")),
         Err(error) => {
-            items.push(Item::down("consul api", error.to_string()));
+            items.push(Item::down("consul api", error_chain(&error)));
             return items;
         }
     }
@@ -196,7 +197,7 @@ async fn consul_items(client: &HttpsClient) -> Vec<Item> {
                 }
             }
         }
-        Err(error) => items.push(Item::down("consul members", error.to_string())),
+        Err(error) => items.push(Item::down("consul members", error_chain(&error))),
     }
     items
 }
@@ -218,6 +219,6 @@ async fn vault_item(client: &HttpsClient) -> Item {
                 Item::up("vault", format!("unsealed, {version}"))
             }
         }
-        Err(error) => Item::down("vault", error.to_string()),
+        Err(error) => Item::down("vault", error_chain(&error)),
     }
 }

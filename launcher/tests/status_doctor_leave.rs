@@ -99,6 +99,11 @@ fn status_reports_cluster_and_down_items() {
             .unwrap()
             .contains("failed to connect")
     );
+    let vault_detail = item("vault")["detail"].as_str().unwrap().to_owned();
+    assert!(
+        vault_detail.to_lowercase().contains("refused"),
+        "the OS error is part of the line: {vault_detail}"
+    );
 }
 
 #[test]
@@ -255,6 +260,10 @@ fn leave_drains_and_keeps_data() {
     let output = run(fakes.styx(&prefix).arg("leave"));
 
     assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    for service in ["nomad", "vault", "consul"] {
+        assert!(stdout.contains(&format!("stopped {service}\n")), "{stdout}");
+    }
     let calls = fakes.calls();
     let uid = rustix::process::getuid().as_raw();
     assert!(
@@ -299,6 +308,14 @@ fn uninstall_purge_removes_everything() {
     let output = run(fakes.styx(&prefix).args(["uninstall", "--purge"]));
 
     assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    for service in ["nomad", "vault", "consul"] {
+        assert!(
+            stdout.contains(&format!("{service}: not loaded")),
+            "{stdout}"
+        );
+        assert!(!stdout.contains(&format!("stopped {service}")), "{stdout}");
+    }
     let calls = fakes.calls();
     assert!(
         !calls
