@@ -153,15 +153,26 @@ pub async fn bootstrap(plist_path: &Path) -> Result<(), LaunchdError> {
     check(&invocation, invocation.run().await?)
 }
 
+/// Outcome of [`bootout`] for one agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootout {
+    /// The agent was loaded and is now stopped and unloaded.
+    Stopped,
+    /// The agent was not loaded (`launchctl print` failed, as it does with exit 113
+    /// for an unknown service), so nothing was done.
+    NotLoaded,
+}
+
 /// Stops and unloads the agent with `label`. An agent that is not loaded is not an error.
-pub async fn bootout(label: &str) -> Result<(), LaunchdError> {
+pub async fn bootout(label: &str) -> Result<Bootout, LaunchdError> {
     if !is_loaded(label).await? {
-        return Ok(());
+        return Ok(Bootout::NotLoaded);
     }
     let invocation = Invocation::new("launchctl")
         .arg("bootout")
         .arg(format!("{}/{label}", gui_domain()));
-    check(&invocation, invocation.run().await?)
+    check(&invocation, invocation.run().await?)?;
+    Ok(Bootout::Stopped)
 }
 
 /// State of a loaded agent, from `launchctl print`.

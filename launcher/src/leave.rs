@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 
-use crate::launchd;
+use crate::launchd::{self, Bootout};
 use crate::layout::Layout;
 use crate::process::Invocation;
 use crate::state::{Endpoints, NodeState};
@@ -24,7 +24,8 @@ pub async fn run(layout: &Layout, graceful: bool, purge: bool) -> anyhow::Result
     for service in state.services().iter().rev() {
         let label = launchd::label(service);
         match launchd::bootout(&label).await {
-            Ok(()) => println!("stopped {service}"),
+            Ok(Bootout::Stopped) => println!("stopped {service}"),
+            Ok(Bootout::NotLoaded) => println!("{service}: not loaded"),
             Err(error) => failures.push(format!("{service}: {error}")),
         }
         let plist = layout.plist(&label);
