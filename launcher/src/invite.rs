@@ -4,8 +4,9 @@
 //!
 //! The endpoint presents a certificate issued by the cluster CA for the listen address,
 //! with the CA in its chain, so the joiner can check it against the fingerprint in the
-//! token. It serves until the TTL ends or the process is interrupted. After the last use
-//! is consumed it keeps running, so that a replayed token gets a clear rejection.
+//! token. It serves until every use is spent, the TTL ends or the process is
+//! interrupted. Once the last use is spent it accepts no more connections, waits for the
+//! connections it has (so the last joiner gets its reply) and exits 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cli::InviteArgs;
+use crate::error_chain;
 use crate::layout::Layout;
 use crate::pki::{self, Authority, LeafProfile};
 use crate::state::{self, NodeState, Role, ports};
@@ -143,17 +145,6 @@ fn valid_dns_name(name: &str) -> bool {
         })
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Formats a time as RFC 3339 UTC with second precision.
 pub fn format_time(time: SystemTime) -> String {
     let seconds = time
@@ -224,8 +215,8 @@ pub async fn run(args: &InviteArgs, layout: &Layout) -> anyhow::Result<()> {
     say("run this on each Mac that should join:\n");
     say(&format!("  styx join {}\n", token.encode()));
 
-    serve(listener, acceptor, Arc::new(invite), args.ttl).await;
-    say("invite endpoint closed");
+    let end = serve(listener, acceptor, Arc::new(invite), args.ttl).await;
+    say(&format!("invite endpoint closed: {end}"));
     Ok(())
 }
 
@@ -239,13 +230,46 @@ fn say(line: &str) {
     let _ = stdout.flush();
 }
 
-async fn serve(listener: TcpListener, acceptor: TlsAcceptor, invite: Arc<Invite>, ttl: Duration) {
+/// Reason the invite endpoint stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServeEnd {
+    UsesSpent,
+    Expired,
+    Interrupted,
+}
+
+impl std::fmt::Display for ServeEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::UsesSpent => "every use is spent",
+            Self::Expired => "the invite expired",
+            Self::Interrupted => "interrupted",
+        })
+    }
+}
+
+/// Accepts joiners until every use is spent, the TTL ends or Ctrl-C, then waits for the
+/// connections already accepted. Each of those ends within `REQUEST_TIMEOUT`.
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    invite: Arc<Invite>,
+    ttl: Duration,
+) -> ServeEnd {
     let deadline = tokio::time::sleep(ttl);
     tokio::pin!(deadline);
-    loop {
+    let mut connections = tokio::task::JoinSet::new();
+
+    let end = loop {
         let (stream, peer) = tokio::select! {
-            () = &mut deadline => return,
-            _ = tokio::signal::ctrl_c() => return,
+            () = &mut deadline => break ServeEnd::Expired,
+            _ = tokio::signal::ctrl_c() => break ServeEnd::Interrupted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                if invite.uses_left() == 0 {
+                    break ServeEnd::UsesSpent;
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -258,7 +282,7 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, invite: Arc<Invite>
 
         let acceptor = acceptor.clone();
         let invite = invite.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let result =
                 tokio::time::timeout(REQUEST_TIMEOUT, serve_one(stream, acceptor, &invite)).await;
             match result {
@@ -267,7 +291,14 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, invite: Arc<Invite>
                 Err(_) => tracing::debug!(%peer, "invite connection timed out"),
             }
         });
-    }
+    };
+
+    // Stop accepting first, so that a joiner arriving now is refused at once instead of
+    // waiting in the backlog. The connection that spent the last use may still be
+    // sending its reply, so wait for every accepted one.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    end
 }
 
 async fn serve_one(

@@ -1,19 +1,24 @@
-//! `styx invite` and `styx join` end to end on loopback. The right token works once.
-//! A wrong secret, an expired token, a reused single-use token and a pin that does not
-//! match are each rejected with a clear message, and nothing is written on the joiner.
+//! `styx invite` and `styx join` end to end on loopback. The right token works once,
+//! and the invite exits once every use is spent. A wrong secret, an expired token, a
+//! token whose uses are spent and a pin that does not match each fail with a clear
+//! message, and nothing is written on the joiner.
 
 mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{Fakes, TAILSCALE_IP, entries, mode, run, stderr};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
+
+/// Stops a test whose `styx invite` hangs; generous for a busy machine.
+const HANG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server node set up with `init --no-start` and a running `styx invite`.
 struct Server {
@@ -72,6 +77,18 @@ impl Server {
 
     fn joiner(&self, name: &str) -> PathBuf {
         self.home.path().join(name)
+    }
+
+    /// Waits for `styx invite` to exit, and fails the test after `HANG_TIMEOUT`.
+    fn wait_for_exit(&mut self) -> ExitStatus {
+        let started = Instant::now();
+        while started.elapsed() < HANG_TIMEOUT {
+            if let Some(status) = self.invite.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("styx invite still running {HANG_TIMEOUT:?} after its last use");
     }
 
     fn join(&self, name: &str, token: &str) -> std::process::Output {
@@ -217,17 +234,23 @@ fn join_with_valid_token_writes_client() {
 }
 
 #[test]
-fn join_reused_single_use_token_rejected() {
-    let server = Server::start("2m", "1");
+fn invite_exits_after_last_use() {
+    let mut server = Server::start("2m", "1");
     let first = server.join("mac-two", &server.token);
     assert!(first.status.success());
 
+    let status = server.wait_for_exit();
     let second = server.join("mac-three", &server.token);
 
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "invite exits 0 once its use is spent"
+    );
     assert_eq!(second.status.code(), Some(3));
     let message = stderr(&second);
     assert!(
-        message.contains("rejected the token: the invite was already used (1 of 1 uses)"),
+        message.contains("failed to reach the invite endpoint"),
         "{message}"
     );
     assert!(message.contains("nothing was written"), "{message}");
@@ -236,16 +259,23 @@ fn join_reused_single_use_token_rejected() {
 
 #[test]
 fn join_two_uses_allows_two_nodes() {
-    let server = Server::start("2m", "2");
+    let mut server = Server::start("2m", "2");
 
     let first = server.join("mac-two", &server.token);
+    assert!(first.status.success());
+    assert_eq!(
+        server.invite.try_wait().unwrap(),
+        None,
+        "invite keeps serving while a use is left"
+    );
     let second = server.join("mac-three", &server.token);
+    let status = server.wait_for_exit();
     let third = server.join("mac-four", &server.token);
 
-    assert!(first.status.success());
     assert!(second.status.success());
+    assert_eq!(status.code(), Some(0));
     assert!(
-        stderr(&third).contains("already used (2 of 2 uses)"),
+        stderr(&third).contains("failed to reach the invite endpoint"),
         "{}",
         stderr(&third)
     );
