@@ -228,7 +228,7 @@ async fn serve(settings: RunSettings) -> Result<(), RunError> {
     let config = settings.proxy;
     // The recorder comes first: the resolver takes its metric handles when it is built.
     if let Some(addr) = config.metrics_listen {
-        crate::metrics::install(addr)?;
+        crate::metrics::install(addr).await?;
         tracing::info!(%addr, "Serving metrics");
     }
 

@@ -17,7 +17,8 @@
 //!   half-close, reset and idle rules they share.
 //! - [`listener`]: the accept loop and the life of one connection.
 //! - [`server`]: all listeners of one process, and the graceful drain.
-//! - [`metrics`]: metric names, descriptions, handles and the Prometheus endpoint.
+//! - [`metrics`]: metric names, descriptions, handles and the recorder.
+//! - [`metrics_endpoint`]: the HTTP endpoint that serves `GET /metrics`.
 //! - [`system`]: process limits (open files).
 //! - [`cli`]: the `styx-proxy run` subcommand. The `resolve` subcommand is
 //!   `styx_dns::cli`, called from the binary.
@@ -29,6 +30,7 @@ pub mod connect;
 pub mod engine;
 pub mod listener;
 pub mod metrics;
+pub mod metrics_endpoint;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod server;

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::config::ListenerConfig;
 use crate::connect::{ConnectError, connect};
 use crate::engine::{self, ByteCounters, Close, ForwardOptions};
-use crate::metrics::{ConnectionResult, ListenerMetrics};
+use crate::metrics::{AcceptErrorCounters, AcceptErrorReason, ConnectionResult, ListenerMetrics};
 use crate::pool::{Pool, PoolSettings};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::upstream::{NamedUpstreams, StaticUpstreams, Upstream};
@@ -178,32 +178,14 @@ pub(crate) async fn accept_loop(
     shared: Arc<ListenerShared>,
     context: AcceptContext,
 ) {
-    let mut backoff = MIN_ACCEPT_BACKOFF;
+    let mut acceptor = Acceptor::new(&shared.name);
     loop {
         let permit = tokio::select! {
             permit = context.limit.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
             () = context.stop.cancelled() => break,
         };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = context.stop.cancelled() => break,
-        };
-
-        let (client, client_addr) = match accepted {
-            Ok(accepted) => {
-                backoff = MIN_ACCEPT_BACKOFF;
-                accepted
-            }
-            Err(error) => {
-                record_accept_error(&shared, &error, backoff);
-                drop(permit);
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = context.stop.cancelled() => break,
-                }
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                continue;
-            }
+        let Some((client, client_addr)) = acceptor.accept(&listener, &context.stop).await else {
+            break;
         };
 
         let span =
@@ -220,18 +202,66 @@ pub(crate) async fn accept_loop(
     drop(listener);
 }
 
-fn record_accept_error(shared: &ListenerShared, error: &io::Error, backoff: Duration) {
-    let errno = error.raw_os_error().map(Errno::from_raw_os_error);
-    let reason = match errno {
-        Some(Errno::MFILE | Errno::NFILE) => "fd_limit",
-        _ => "other",
-    };
-    shared.metrics.record_accept_error(reason);
-    // Only the first failure of a run is a warning; the rest repeat it.
-    if backoff == MIN_ACCEPT_BACKOFF {
-        tracing::warn!(listener = %shared.name, %error, reason, "Failed to accept a connection, backing off");
-    } else {
-        tracing::debug!(listener = %shared.name, %error, reason, "Failed to accept a connection, backing off");
+/// Accepts from one listening socket, counting failed accepts and backing off while
+/// they repeat, so running out of descriptors never turns into a busy loop.
+pub(crate) struct Acceptor {
+    name: String,
+    errors: AcceptErrorCounters,
+    backoff: Duration,
+}
+
+impl Acceptor {
+    /// Resolves the accept error counters of the listener called `name`.
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            errors: AcceptErrorCounters::new(name),
+            backoff: MIN_ACCEPT_BACKOFF,
+        }
+    }
+
+    /// Accepts the next connection, retrying after each failure with a doubling wait.
+    /// Returns `None` once `stop` is cancelled.
+    pub(crate) async fn accept(
+        &mut self,
+        listener: &TcpListener,
+        stop: &CancellationToken,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = stop.cancelled() => return None,
+            };
+            match accepted {
+                Ok(accepted) => {
+                    self.backoff = MIN_ACCEPT_BACKOFF;
+                    return Some(accepted);
+                }
+                Err(error) => self.record_error(&error),
+            }
+
+            tokio::select! {
+                () = tokio::time::sleep(self.backoff) => {}
+                () = stop.cancelled() => return None,
+            }
+            self.backoff = (self.backoff * 2).min(MAX_ACCEPT_BACKOFF);
+        }
+    }
+
+    fn record_error(&self, error: &io::Error) {
+        let errno = error.raw_os_error().map(Errno::from_raw_os_error);
+        let reason = match errno {
+            Some(Errno::MFILE | Errno::NFILE) => AcceptErrorReason::FdLimit,
+            _ => AcceptErrorReason::Other,
+        };
+        self.errors.record(reason);
+        let (name, reason) = (&self.name, reason.as_label());
+        // Only the first failure of a run is a warning; the rest repeat it.
+        if self.backoff == MIN_ACCEPT_BACKOFF {
+            tracing::warn!(listener = %name, %error, reason, "Failed to accept a connection, backing off");
+        } else {
+            tracing::debug!(listener = %name, %error, reason, "Failed to accept a connection, backing off");
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Metric names, their descriptions, per-listener handles and the Prometheus endpoint.
+//! Metric names, their descriptions, per-listener handles and the Prometheus recorder.
 //!
 //! Names follow `styx_proxy_<thing>_<unit>[_total]` with base units. Labels take values
 //! from closed sets only: the listener name (from the configuration), `direction`,
@@ -7,13 +7,14 @@
 //! the engines add byte counts in chunks rather than once per system call.
 //!
 //! Nothing is served unless [`install`] is called with an address.
+//! [`crate::metrics_endpoint`] serves the page.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Connections that ended, by `listener` and `result` (see [`ConnectionResult`]).
 pub const CONNECTIONS_TOTAL: &str = "styx_proxy_connections_total";
@@ -153,16 +154,57 @@ impl ListenerMetrics {
             .increment(1);
     }
 
-    /// Counts one failed accept; `reason` comes from a closed set.
-    pub(crate) fn record_accept_error(&self, reason: &'static str) {
-        metrics::counter!(ACCEPT_ERRORS_TOTAL, "listener" => self.listener.clone(), "reason" => reason)
-            .increment(1);
-    }
-
     /// Counts one pooled connection thrown away; `reason` comes from a closed set.
     pub(crate) fn record_pool_discard(&self, reason: &'static str) {
         metrics::counter!(POOL_DISCARDS_TOTAL, "listener" => self.listener.clone(), "reason" => reason)
             .increment(1);
+    }
+}
+
+/// Why an accept failed: the `reason` label of [`ACCEPT_ERRORS_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptErrorReason {
+    /// EMFILE or ENFILE: the process or the system ran out of file descriptors.
+    FdLimit,
+    /// Any other accept error.
+    Other,
+}
+
+impl AcceptErrorReason {
+    /// Returns the label value.
+    pub(crate) fn as_label(self) -> &'static str {
+        match self {
+            AcceptErrorReason::FdLimit => "fd_limit",
+            AcceptErrorReason::Other => "other",
+        }
+    }
+}
+
+/// [`ACCEPT_ERRORS_TOTAL`] handles of one listening socket, resolved once, so each
+/// series exists at 0 before the first failure.
+#[derive(Debug, Clone)]
+pub(crate) struct AcceptErrorCounters {
+    fd_limit: Counter,
+    other: Counter,
+}
+
+impl AcceptErrorCounters {
+    /// Resolves the handles for the listener called `listener`.
+    pub(crate) fn new(listener: &str) -> Self {
+        describe();
+        let counter = |reason: AcceptErrorReason| metrics::counter!(ACCEPT_ERRORS_TOTAL, "listener" => listener.to_owned(), "reason" => reason.as_label());
+        Self {
+            fd_limit: counter(AcceptErrorReason::FdLimit),
+            other: counter(AcceptErrorReason::Other),
+        }
+    }
+
+    /// Counts one failed accept.
+    pub(crate) fn record(&self, reason: AcceptErrorReason) {
+        match reason {
+            AcceptErrorReason::FdLimit => self.fd_limit.increment(1),
+            AcceptErrorReason::Other => self.other.increment(1),
+        }
     }
 }
 
@@ -232,46 +274,64 @@ fn describe() {
 
 /// Failure to start the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to serve metrics at {addr}")]
-pub struct MetricsError {
-    addr: SocketAddr,
-    #[source]
-    source: metrics_exporter_prometheus::BuildError,
+pub enum MetricsError {
+    /// The endpoint's address could not be bound.
+    #[error("failed to listen for metrics on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The recorder could not be built or installed.
+    #[error("failed to install the metrics recorder")]
+    Recorder(#[source] metrics_exporter_prometheus::BuildError),
 }
 
-/// Installs the process-wide Prometheus recorder and serves it over HTTP at `addr`.
+/// Interval between upkeep runs of the recorder, which drain histogram samples.
+const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide Prometheus recorder and serves it over HTTP at `addr`
+/// (see [`crate::metrics_endpoint`]).
 ///
 /// Histograms get explicit buckets, so they render as histograms, not summaries.
 /// Must be called from inside a tokio runtime, once per process.
 ///
 /// # Errors
 /// [`MetricsError`] when `addr` cannot be bound or a recorder is already installed.
-pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
-    let wrap = |source| MetricsError { addr, source };
-    let builder = PrometheusBuilder::new()
-        .with_http_listener(addr)
+pub async fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+    // Bound first, so a taken address leaves no recorder behind.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Listen { addr, source })?;
+
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(UPSTREAM_CONNECT_DURATION_SECONDS.to_owned()),
             &CONNECT_DURATION_BUCKETS,
         )
-        .map_err(wrap)?
-        .set_buckets_for_metric(
-            Matcher::Full(styx_dns::metrics::QUERY_DURATION_SECONDS.to_owned()),
-            &DNS_QUERY_DURATION_BUCKETS,
-        )
-        .map_err(wrap)?;
-    let (recorder, exporter) = builder.build().map_err(wrap)?;
-    metrics::set_global_recorder(recorder).map_err(|error| wrap(error.into()))?;
-    tokio::spawn(async move {
-        if let Err(error) = exporter.await {
-            tracing::warn!(error = ?error, "Metrics endpoint stopped");
-        }
-    });
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full(styx_dns::metrics::QUERY_DURATION_SECONDS.to_owned()),
+                &DNS_QUERY_DURATION_BUCKETS,
+            )
+        })
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(MetricsError::Recorder)?;
 
     describe();
     styx_dns::metrics::describe();
+    tokio::spawn(run_upkeep(handle.clone()));
+    tokio::spawn(crate::metrics_endpoint::serve(listener, handle));
     tokio::spawn(report_fds(Duration::from_secs(2)));
     Ok(())
+}
+
+async fn run_upkeep(handle: PrometheusHandle) {
+    let mut ticker = tokio::time::interval(UPKEEP_PERIOD);
+    loop {
+        ticker.tick().await;
+        handle.run_upkeep();
+    }
 }
 
 /// Updates the open and maximum file descriptor gauges every `period`.

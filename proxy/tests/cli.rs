@@ -201,11 +201,7 @@ async fn run_child_forwards_and_stops_on_sigterm() {
         "metrics page:\n{page}"
     );
 
-    let pid = rustix::process::Pid::from_raw(child.id().expect("child is running") as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let output = within("the child to exit", child.wait_with_output())
-        .await
-        .unwrap();
+    let output = terminate(child).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
@@ -233,19 +229,48 @@ async fn scrape_child(metrics: std::net::SocketAddr) -> Vec<Sample> {
     parse_samples(body)
 }
 
-/// With its open file limit at 40, the proxy runs out of descriptors: failed accepts
-/// are counted and backed off (a few per second, not a busy loop), and service resumes
-/// once clients leave.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fd_exhaustion_backs_off_and_recovers() {
-    if Command::new("prlimit").arg("--version").output().is_err() {
+/// Sends SIGTERM to `child` and returns its output once it exits.
+async fn terminate(child: tokio::process::Child) -> std::process::Output {
+    signal(&child, rustix::process::Signal::TERM);
+    within("the child to exit", child.wait_with_output())
+        .await
+        .unwrap()
+}
+
+/// Sends `signal` to the running `child`.
+fn signal(child: &tokio::process::Child, signal: rustix::process::Signal) {
+    let id = child.id().expect("child is running");
+    let pid = rustix::process::Pid::from_raw(id as i32).expect("a child's pid is positive");
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Returns whether `prlimit` (util-linux) is missing, saying the test is skipped.
+fn prlimit_missing() -> bool {
+    let missing = Command::new("prlimit").arg("--version").output().is_err();
+    if missing {
         eprintln!("skipped: prlimit (util-linux) is not installed");
-        return;
     }
-    let upstream = spawn_echo().await;
-    let listen = closed_port();
-    let metrics = closed_port();
-    let child = tokio::process::Command::new("prlimit")
+    missing
+}
+
+/// Opens up to `count` connections to `addr`, keeping those that connect.
+async fn connect_clients(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        if let Ok(client) = TcpStream::connect(addr).await {
+            clients.push(client);
+        }
+    }
+    clients
+}
+
+/// Starts `styx-proxy run` under `prlimit` with its open file limit at 40.
+fn spawn_fd_limited(
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+) -> tokio::process::Child {
+    tokio::process::Command::new("prlimit")
         .args([
             "--nofile=40:40",
             "--",
@@ -264,18 +289,26 @@ async fn fd_exhaustion_backs_off_and_recovers() {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("prlimit starts");
+        .expect("prlimit starts")
+}
+
+/// With its open file limit at 40, the proxy runs out of descriptors: failed accepts
+/// are counted and backed off (a few per second, not a busy loop), and service resumes
+/// once clients leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_backs_off_and_recovers() {
+    if prlimit_missing() {
+        return;
+    }
+    let upstream = spawn_echo().await;
+    let (listen, metrics) = (closed_port(), closed_port());
+    let child = spawn_fd_limited(listen, upstream, metrics);
     // The proxy binds its listener after the metrics endpoint, so wait for the listener.
     wait_listening(listen).await;
 
     // More clients than 40 descriptors can serve. A client whose upstream connect
     // failed with EMFILE is reset, which can surface as the connect's own result.
-    let mut clients = Vec::new();
-    for _ in 0..40 {
-        if let Ok(client) = TcpStream::connect(listen).await {
-            clients.push(client);
-        }
-    }
+    let clients = connect_clients(listen, 40).await;
     // The metrics endpoint cannot accept either while descriptors are exhausted, so
     // the failures are read after recovery.
     let exhausted = tokio::time::Instant::now();
@@ -305,7 +338,7 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     let seconds = exhausted.elapsed().as_secs_f64();
 
     let samples = scrape_child(metrics).await;
-    let fd_limit = [("reason", "fd_limit")];
+    let fd_limit = [("listener", "default"), ("reason", "fd_limit")];
     let failures = value(
         &samples,
         styx_proxy::metrics::ACCEPT_ERRORS_TOTAL,
@@ -320,14 +353,63 @@ async fn fd_exhaustion_backs_off_and_recovers() {
         "{failures} failed accepts in {seconds:.1} s"
     );
 
-    let pid = rustix::process::Pid::from_raw(child.id().expect("child is running") as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let output = within("the child to exit", child.wait_with_output())
-        .await
-        .unwrap();
+    let output = terminate(child).await;
     assert!(
         output.status.success(),
         "stderr: {}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// While descriptors are exhausted, pending scrapes make the metrics endpoint's accepts
+/// fail with EMFILE: those failures are backed off like the listener's (a few log lines,
+/// not millions), and a scrape succeeds once descriptors free up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_backs_off_at_fd_limit() {
+    if prlimit_missing() {
+        return;
+    }
+    let upstream = spawn_echo().await;
+    let (listen, metrics) = (closed_port(), closed_port());
+    let child = spawn_fd_limited(listen, upstream, metrics);
+    wait_listening(listen).await;
+
+    let clients = connect_clients(listen, 40).await;
+    // These wait in the metrics backlog, so each accept attempt fails with EMFILE.
+    let scrapers = connect_clients(metrics, 3).await;
+    let exhausted = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(scrapers);
+    drop(clients);
+
+    let samples = within("a scrape after recovery", async {
+        loop {
+            let page = tokio::time::timeout(Duration::from_secs(2), scrape_child(metrics)).await;
+            if let Ok(samples) = page
+                && !samples.is_empty()
+            {
+                return samples;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let seconds = exhausted.elapsed().as_secs_f64();
+    let labels = [("listener", "metrics"), ("reason", "fd_limit")];
+    let failures =
+        value(&samples, styx_proxy::metrics::ACCEPT_ERRORS_TOTAL, &labels).expect("series exists");
+    assert!(failures >= 1.0, "no metrics accept failed with EMFILE");
+    assert!(
+        failures <= 10.0 + 2.0 * seconds,
+        "{failures} failed metrics accepts in {seconds:.1} s"
+    );
+
+    let output = terminate(child).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // A spinning accept loop logged millions of lines in seconds.
+    assert!(
+        stderr.lines().count() < 100,
+        "{} stderr lines:\n{stderr}",
+        stderr.lines().count()
     );
 }

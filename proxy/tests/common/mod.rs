@@ -180,7 +180,9 @@ pub fn metrics_addr() -> SocketAddr {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                styx_proxy::metrics::install(addr).expect("metrics endpoint starts");
+                styx_proxy::metrics::install(addr)
+                    .await
+                    .expect("metrics endpoint starts");
                 ready_tx.send(()).unwrap();
                 std::future::pending::<()>().await;
             });
