@@ -11,7 +11,7 @@
 //! engine = "auto"                  # auto | splice | copy, for every listener
 //! metrics_listen = "127.0.0.1:9100"
 //! drain_timeout_s = 30
-//! dns = ["consul=127.0.0.1:8600"]  # SUFFIX=IP:PORT[,IP:PORT...], as --dns
+//! dns = ["consul=127.0.0.1:8600"]  # SUFFIX=IP[:PORT][,IP[:PORT]...], as --dns
 //!
 //! [[listener]]
 //! name = "web"                     # metrics label: letters, digits, '_', '-', '.'
@@ -644,7 +644,7 @@ connect_timeout_ms = 250
                     [[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = [\"127.0.0.1:2\"]\n";
         let (line, message) = error_line(text);
         assert_eq!(line, 2);
-        assert!(message.contains("expected SUFFIX=IP:PORT"), "{message}");
+        assert!(message.contains("expected SUFFIX=IP[:PORT]"), "{message}");
     }
 
     #[test]

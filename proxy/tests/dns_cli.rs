@@ -125,11 +125,11 @@ fn resolve_bad_input_one_line() {
         ),
         (
             &["resolve", "x.consul", "--dns", "consul"],
-            &["--dns", "expected SUFFIX=IP:PORT"],
+            &["--dns", "expected SUFFIX=IP[:PORT]"],
         ),
         (
             &["resolve", "x.consul", "--dns", "consul=localhost:53"],
-            &["--dns", "\"localhost:53\" is not IP:PORT"],
+            &["--dns", "\"localhost:53\" is not IP[:PORT]"],
         ),
         (&["resolve", "x.consul", "--type", "mx"], &["--type", "mx"]),
     ];
@@ -161,7 +161,7 @@ fn run_bad_upstream_or_dns_one_line() {
                 "--dns",
                 "consul=127.0.0.1:99999",
             ],
-            &["--dns", "is not IP:PORT"],
+            &["--dns", "is not IP[:PORT]"],
         ),
     ];
     for (args, needles) in cases {
@@ -184,7 +184,7 @@ fn run_config_bad_dns_names_line() {
     assert_one_line_error(
         &output,
         2,
-        &["line 3", "\"ts.net\"", "expected SUFFIX=IP:PORT"],
+        &["line 3", "\"ts.net\"", "expected SUFFIX=IP[:PORT]"],
     );
 }
 
