@@ -96,13 +96,17 @@ fn is_invalid_input(error: &anyhow::Error) -> bool {
     false
 }
 
-/// Logs to stderr, at the level RUST_LOG sets (`default_level` without it).
+/// Logs to stderr, at the level RUST_LOG sets (`default_level` without it), with ANSI
+/// colours only when stderr is a terminal, so files and journals get plain text.
 fn init_tracing(default_level: &str) {
+    use std::io::IsTerminal;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -146,10 +146,14 @@ impl Server {
                 shared,
                 max_connections,
             } = bound;
-            let addr = listener.local_addr().ok();
+            // The bound address, so a port 0 in the config shows the port chosen.
+            let addr = listener.local_addr().map_or_else(
+                |error| format!("unknown ({error})"),
+                |addr| addr.to_string(),
+            );
             tracing::info!(
                 listener = %shared.name,
-                addr = ?addr,
+                %addr,
                 engine = shared.forward.engine.as_str(),
                 max_connections,
                 preconnect = shared.pool.is_some(),

@@ -209,6 +209,12 @@ async fn run_child_forwards_and_stops_on_sigterm() {
         output.status
     );
     assert!(stderr.contains("Drain finished"), "stderr: {stderr}");
+    // Piped stderr is not a terminal, so it gets no colour codes.
+    assert!(!stderr.contains('\x1b'), "ANSI codes in stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("addr={listen}")),
+        "bound address missing from stderr: {stderr}"
+    );
 }
 
 /// Fetches the metrics page of a child proxy.
