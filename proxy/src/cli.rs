@@ -87,8 +87,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "VERSION", conflicts_with = "config")]
     pub proxy_protocol: Option<ProxyProtocol>,
 
-    /// Seconds a shutdown waits for open connections before resetting them [default:
-    /// 30, or the config file's drain_timeout_s].
+    /// Seconds a shutdown waits for open connections before resetting them; a second
+    /// SIGTERM or SIGINT resets them at once [default: 30, or the config file's
+    /// drain_timeout_s].
     #[arg(long, value_name = "SECONDS")]
     pub drain_timeout_s: Option<u64>,
 
@@ -198,7 +199,8 @@ pub enum RunError {
     Bind(#[from] BindError),
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+/// Runs the proxy until SIGTERM or SIGINT, then drains and returns. A second signal
+/// cuts the drain short.
 ///
 /// # Errors
 /// [`RunError`] when the configuration is invalid or something cannot start; nothing
@@ -244,25 +246,42 @@ async fn serve(settings: RunSettings) -> Result<(), RunError> {
     let server = Server::bind_with(&config, resolver.as_ref())?;
 
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone()).map_err(RunError::Runtime)?;
-    server.run(shutdown).await;
+    let cut_off_now = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone(), cut_off_now.clone()).map_err(RunError::Runtime)?;
+    server.run_until(shutdown, cut_off_now).await;
     Ok(())
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
+/// Cancels `shutdown` on the first SIGTERM or SIGINT, and `cut_off_now` on the second,
+/// so an operator can cut a slow drain short.
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+    cut_off_now: CancellationToken,
+) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         tokio::spawn(async move {
-            let name = tokio::select! {
-                _ = terminate.recv() => "SIGTERM",
-                _ = interrupt.recv() => "SIGINT",
-            };
-            tracing::info!(signal = name, "Received a shutdown signal");
-            shutdown.cancel();
+            let steps = [
+                (
+                    shutdown,
+                    "Received a shutdown signal, send another to reset open connections",
+                ),
+                (
+                    cut_off_now,
+                    "Received a second shutdown signal, resetting open connections",
+                ),
+            ];
+            for (token, message) in steps {
+                let name = tokio::select! {
+                    _ = terminate.recv() => "SIGTERM",
+                    _ = interrupt.recv() => "SIGINT",
+                };
+                tracing::info!(signal = name, "{message}");
+                token.cancel();
+            }
         });
     }
     #[cfg(not(unix))]
@@ -270,6 +289,8 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
         tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
             shutdown.cancel();
+            let _ = tokio::signal::ctrl_c().await;
+            cut_off_now.cancel();
         });
     }
     Ok(())

@@ -3,8 +3,8 @@
 //! Shutdown runs in two phases. When the shutdown token is cancelled, every listener
 //! stops accepting and closes its socket, so new clients are refused, and the
 //! pre-connect pools close. Open connections then have the drain timeout to finish on
-//! their own. Those still open when it expires are reset, and their count is logged
-//! and returned.
+//! their own. Those still open when it expires, or when a second signal cuts the drain
+//! short, are reset, and their count is logged and returned.
 
 use std::io;
 use std::net::SocketAddr;
@@ -45,7 +45,7 @@ pub enum BindError {
 pub struct DrainReport {
     /// Connections open when shutdown started.
     pub open_at_shutdown: usize,
-    /// Connections reset because the drain timeout expired.
+    /// Connections reset because the drain timeout expired or the drain was cut short.
     pub cut_off: usize,
 }
 
@@ -135,6 +135,20 @@ impl Server {
     /// Dropping the future stops the accept loops but leaves connection tasks running
     /// on the runtime; cancel `shutdown` instead.
     pub async fn run(self, shutdown: CancellationToken) -> DrainReport {
+        self.run_until(shutdown, CancellationToken::new()).await
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains until the drain timeout expires
+    /// or `cut_off_now` is cancelled, whichever comes first, and resets what is still
+    /// open. A second shutdown signal cancels `cut_off_now`.
+    ///
+    /// # Cancel safety
+    /// As for [`Server::run`].
+    pub async fn run_until(
+        self,
+        shutdown: CancellationToken,
+        cut_off_now: CancellationToken,
+    ) -> DrainReport {
         let tracker = TaskTracker::new();
         let cut_off = CancellationToken::new();
         let pools_stop = CancellationToken::new();
@@ -180,11 +194,12 @@ impl Server {
         let open_at_shutdown = tracker.len();
         tracing::info!(open = open_at_shutdown, timeout = ?self.drain_timeout, "Shutdown started, draining connections");
 
+        let drained = tokio::select! {
+            drained = tokio::time::timeout(self.drain_timeout, tracker.wait()) => drained.is_ok(),
+            () = cut_off_now.cancelled() => false,
+        };
         let mut cut = 0;
-        if tokio::time::timeout(self.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
+        if !drained {
             cut = tracker.len();
             cut_off.cancel();
             tracker.wait().await;

@@ -419,3 +419,52 @@ async fn metrics_endpoint_backs_off_at_fd_limit() {
         stderr.lines().count()
     );
 }
+
+/// A second SIGTERM during a long drain resets the open connection and the child exits
+/// well before the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigterm_cuts_drain_short() {
+    use tokio::io::AsyncReadExt;
+
+    let upstream = spawn_echo().await;
+    let listen = closed_port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_styx-proxy"))
+        .args(["run", "--listen", &listen.to_string()])
+        .args(["--upstream", &upstream.to_string()])
+        .args(["--drain-timeout-s", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("styx-proxy starts");
+    wait_listening(listen).await;
+    let mut client = TcpStream::connect(listen).await.unwrap();
+    round_trip(&mut client, b"open during the drain").await;
+
+    signal(&child, rustix::process::Signal::TERM);
+    // The listener closes when the drain starts.
+    within("the listener to close", async {
+        while TcpStream::connect(listen).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The open connection keeps the drain waiting, well inside the 600 s timeout.
+    let output = terminate(child).await;
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}, stderr: {stderr}",
+        output.status
+    );
+    assert!(
+        stderr.contains("Received a second shutdown signal"),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("cut_off=1"), "stderr: {stderr}");
+    let mut rest = Vec::new();
+    let read = within("the client to be reset", client.read_to_end(&mut rest)).await;
+    assert!(read.is_err(), "client read {read:?} instead of a reset");
+}
