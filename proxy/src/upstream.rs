@@ -107,6 +107,8 @@ pub enum UpstreamTarget {
 pub enum UpstreamTargetError {
     #[error("invalid upstream {input:?}: expected IP:PORT, NAME:PORT or srv:NAME")]
     MissingPort { input: String },
+    #[error("invalid upstream {input:?}: port must be from 1 to 65535, not 0")]
+    ZeroPort { input: String },
     #[error(transparent)]
     Name(UpstreamNameError),
 }
@@ -116,6 +118,12 @@ impl FromStr for UpstreamTarget {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         if let Ok(addr) = input.parse::<SocketAddr>() {
+            // Connecting to port 0 always fails, so it can only be a typo.
+            if addr.port() == 0 {
+                return Err(UpstreamTargetError::ZeroPort {
+                    input: input.to_owned(),
+                });
+            }
             return Ok(Self::Addr(addr));
         }
         match input.parse::<UpstreamName>() {

@@ -106,6 +106,19 @@ fn config_bad_line_named() {
 }
 
 #[test]
+fn zero_upstream_port_named() {
+    let output = run_with(&["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:0"]);
+    assert_one_line_error(&output, &["--upstream", "127.0.0.1:0", "not 0"]);
+
+    let path = write_config(
+        "zero-port.toml",
+        "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nupstream = [\"127.0.0.1:0\"]\n",
+    );
+    let output = run_with(&["--config", path.to_str().unwrap()]);
+    assert_one_line_error(&output, &[path.to_str().unwrap(), "line 4", "not 0"]);
+}
+
+#[test]
 fn config_missing_file_named() {
     let output = run_with(&["--config", "/nonexistent/styx-proxy.toml"]);
     assert_one_line_error(&output, &["/nonexistent/styx-proxy.toml"]);
