@@ -41,6 +41,18 @@ pub const POOL_MISSES_TOTAL: &str = "styx_proxy_pool_misses_total";
 /// Pooled connections thrown away, by `listener` and `reason` (`closed`, `expired`,
 /// `header_failed`, `left_set`).
 pub const POOL_DISCARDS_TOTAL: &str = "styx_proxy_pool_discards_total";
+/// Every `reason` of [`UPSTREAM_CONNECT_ERRORS_TOTAL`].
+pub const CONNECT_ERROR_REASONS: [&str; 7] = [
+    "refused",
+    "timeout",
+    "unreachable",
+    "reset",
+    "permission_denied",
+    "no_upstream",
+    "other",
+];
+/// Every `reason` of [`POOL_DISCARDS_TOTAL`].
+pub const POOL_DISCARD_REASONS: [&str; 4] = ["closed", "expired", "header_failed", "left_set"];
 /// File descriptors open in this process.
 pub const OPEN_FDS: &str = "styx_proxy_open_fds";
 /// Soft limit on open file descriptors of this process.
@@ -102,7 +114,6 @@ impl ConnectionResult {
 /// Metric handles of one listener, resolved once.
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
-    listener: String,
     results: [Counter; 6],
     pub(crate) active: Gauge,
     pub(crate) client_to_upstream_bytes: Counter,
@@ -113,6 +124,8 @@ pub struct ListenerMetrics {
     pub(crate) idle_timeouts: Counter,
     pub(crate) pool_hits: Counter,
     pub(crate) pool_misses: Counter,
+    connect_errors: ReasonCounters,
+    pool_discards: ReasonCounters,
 }
 
 impl ListenerMetrics {
@@ -135,7 +148,12 @@ impl ListenerMetrics {
             idle_timeouts: metrics::counter!(IDLE_TIMEOUTS_TOTAL, &labels),
             pool_hits: metrics::counter!(POOL_HITS_TOTAL, &labels),
             pool_misses: metrics::counter!(POOL_MISSES_TOTAL, &labels),
-            listener: name,
+            connect_errors: ReasonCounters::new(
+                UPSTREAM_CONNECT_ERRORS_TOTAL,
+                &name,
+                &CONNECT_ERROR_REASONS,
+            ),
+            pool_discards: ReasonCounters::new(POOL_DISCARDS_TOTAL, &name, &POOL_DISCARD_REASONS),
         }
     }
 
@@ -148,16 +166,62 @@ impl ListenerMetrics {
         self.results[index].increment(1);
     }
 
-    /// Counts one failed upstream connect; `reason` comes from a closed set.
+    /// Counts one failed upstream connect; `reason` is one of [`CONNECT_ERROR_REASONS`].
     pub(crate) fn record_connect_error(&self, reason: &'static str) {
-        metrics::counter!(UPSTREAM_CONNECT_ERRORS_TOTAL, "listener" => self.listener.clone(), "reason" => reason)
-            .increment(1);
+        self.connect_errors.increment(reason);
     }
 
-    /// Counts one pooled connection thrown away; `reason` comes from a closed set.
+    /// Counts one pooled connection thrown away; `reason` is one of
+    /// [`POOL_DISCARD_REASONS`].
     pub(crate) fn record_pool_discard(&self, reason: &'static str) {
-        metrics::counter!(POOL_DISCARDS_TOTAL, "listener" => self.listener.clone(), "reason" => reason)
-            .increment(1);
+        self.pool_discards.increment(reason);
+    }
+}
+
+/// Handles of one counter of one listener, one per `reason`, resolved up front so each
+/// series exists at 0 before its first event and `rate()` has a series from the start.
+#[derive(Debug, Clone)]
+struct ReasonCounters {
+    name: &'static str,
+    listener: String,
+    counters: Vec<(&'static str, Counter)>,
+}
+
+impl ReasonCounters {
+    fn new(name: &'static str, listener: &str, reasons: &[&'static str]) -> Self {
+        let counters = reasons
+            .iter()
+            .map(|&reason| {
+                let counter =
+                    metrics::counter!(name, "listener" => listener.to_owned(), "reason" => reason);
+                (reason, counter)
+            })
+            .collect();
+        Self {
+            name,
+            listener: listener.to_owned(),
+            counters,
+        }
+    }
+
+    fn increment(&self, reason: &'static str) {
+        let known = self
+            .counters
+            .iter()
+            .find(|(candidate, _)| *candidate == reason);
+        match known {
+            Some((_, counter)) => counter.increment(1),
+            // A reason missing from the list is still counted, just not registered early.
+            None => {
+                debug_assert!(
+                    false,
+                    "reason {reason:?} missing from the list of {}",
+                    self.name
+                );
+                metrics::counter!(self.name, "listener" => self.listener.clone(), "reason" => reason)
+                    .increment(1);
+            }
+        }
     }
 }
 

@@ -645,3 +645,46 @@ async fn open_fds_gauge_reported() {
     let max = value(&parse_samples(&scrape().await), names::MAX_FDS, &[]).expect("max fds gauge");
     assert!(max >= open);
 }
+
+/// Checks that every error, reset, timeout and pool series of a listener exists at 0
+/// before its first event, so `rate()` over it has data from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_series_start_at_zero() {
+    let name = "zero-series";
+    let upstream = spawn_echo().await;
+    let proxy = Proxy::start(listener(name, upstream, EngineChoice::Copy)).await;
+
+    // The accept loop registers its series when its task starts.
+    let fd_limit = [("listener", name), ("reason", "fd_limit")];
+    assert_eq!(
+        wait_for_metric(names::ACCEPT_ERRORS_TOTAL, &fd_limit, 0.0).await,
+        Some(0.0)
+    );
+    let samples = parse_samples(&scrape().await);
+    let mut expected = vec![
+        (names::ACCEPT_ERRORS_TOTAL, vec![("reason", "other")]),
+        (names::RESETS_TOTAL, vec![("side", "client")]),
+        (names::RESETS_TOTAL, vec![("side", "upstream")]),
+        (names::IDLE_TIMEOUTS_TOTAL, vec![]),
+        (names::POOL_HITS_TOTAL, vec![]),
+        (names::POOL_MISSES_TOTAL, vec![]),
+    ];
+    for reason in names::CONNECT_ERROR_REASONS {
+        expected.push((
+            names::UPSTREAM_CONNECT_ERRORS_TOTAL,
+            vec![("reason", reason)],
+        ));
+    }
+    for reason in names::POOL_DISCARD_REASONS {
+        expected.push((names::POOL_DISCARDS_TOTAL, vec![("reason", reason)]));
+    }
+    for (metric, mut labels) in expected {
+        labels.push(("listener", name));
+        assert_eq!(
+            value(&samples, metric, &labels),
+            Some(0.0),
+            "{metric} {labels:?}"
+        );
+    }
+    proxy.stop().await;
+}
