@@ -65,7 +65,7 @@ pub struct RunArgs {
     /// Seconds a pre-connected upstream socket may wait for a client before it is
     /// replaced.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_PRECONNECT_MAX_IDLE_S, conflicts_with = "config",
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = at_least_one("s"))]
     pub preconnect_max_idle_s: u64,
 
     /// Connections served at once; further clients wait in the listen backlog.
@@ -75,7 +75,7 @@ pub struct RunArgs {
 
     /// Upstream connect timeout, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_CONNECT_TIMEOUT_MS, conflicts_with = "config",
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = at_least_one("ms"))]
     pub connect_timeout_ms: u64,
 
     /// Close a connection after this many seconds without a byte moving; 0 turns the
@@ -197,6 +197,22 @@ pub enum RunError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+}
+
+/// Returns a parser for a whole number of `unit` that must be at least 1, with errors
+/// that name the unit (clap's own range check prints `1..18446744073709551615`).
+fn at_least_one(
+    unit: &'static str,
+) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let value: u64 = text
+            .parse()
+            .map_err(|_| format!("expected a whole number of {unit}"))?;
+        if value == 0 {
+            return Err(format!("must be at least 1 {unit}"));
+        }
+        Ok(value)
+    }
 }
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains and returns. A second signal

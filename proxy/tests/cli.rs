@@ -77,6 +77,34 @@ fn zero_max_connections_named() {
 }
 
 #[test]
+fn zero_timeouts_say_minimum() {
+    let cases = [
+        ("--connect-timeout-ms", "must be at least 1 ms"),
+        ("--preconnect-max-idle-s", "must be at least 1 s"),
+    ];
+    for (flag, message) in cases {
+        let output = run_with(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+            flag,
+            "0",
+        ]);
+        assert_one_line_error(&output, &[flag, message]);
+    }
+    let output = run_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "127.0.0.1:1",
+        "--connect-timeout-ms",
+        "soon",
+    ]);
+    assert_one_line_error(&output, &["--connect-timeout-ms", "whole number of ms"]);
+}
+
+#[test]
 fn unknown_flag_named() {
     let output = run_with(&[
         "--listen",
