@@ -511,6 +511,24 @@ engine = "splice"
 connect_timeout_ms = 250
 "#;
 
+    /// Checks that the example file in the README parses, so it stays current.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let (_, after) = readme
+            .split_once("```toml\n")
+            .expect("README has a TOML example");
+        let (example, _) = after.split_once("```").expect("the TOML example is closed");
+
+        let config = parse(example).expect("README example is valid");
+        let names: Vec<&str> = config
+            .listeners
+            .iter()
+            .map(|listener| listener.name.as_str())
+            .collect();
+        assert_eq!(names, ["web", "api"]);
+    }
+
     #[test]
     fn file_full_example() {
         let config = parse(GOOD).expect("example is valid");
