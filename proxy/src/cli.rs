@@ -43,8 +43,8 @@ pub struct RunArgs {
     /// Send DNS lookups for names under SUFFIX to these servers instead of the route's
     /// defaults (ts.net: 100.100.100.100:53, consul: 127.0.0.1:8600, others: the
     /// system's servers). The suffix `.` covers all other names. Repeatable, and applied
-    /// after the config file's dns key.
-    #[arg(long = "dns", value_name = "SUFFIX=IP:PORT[,IP:PORT...]")]
+    /// after the config file's dns key. A server without a port uses port 53.
+    #[arg(long = "dns", value_name = "SUFFIX=IP[:PORT][,IP[:PORT]...]")]
     pub dns: Vec<RouteOverride>,
 
     /// Forwarding engine: splice on Linux when available, else copy [default: auto,
