@@ -87,7 +87,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "VERSION", conflicts_with = "config")]
     pub proxy_protocol: Option<ProxyProtocol>,
 
-    /// Seconds a shutdown waits for open connections before resetting them; a second
+    /// Seconds a shutdown waits for open connections before resetting them. A second
     /// SIGTERM or SIGINT resets them at once [default: 30, or the config file's
     /// drain_timeout_s].
     #[arg(long, value_name = "SECONDS")]
@@ -99,7 +99,7 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
 }
 
-/// What `styx-proxy run` serves: the proxy settings and the resolver for upstream names.
+/// Settings of `styx-proxy run`: the proxy configuration and the resolver for upstream names.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
     pub proxy: ProxyConfig,

@@ -10,8 +10,8 @@
 //! A pooled connection carries no PROXY protocol header, because the client is not
 //! known when it is opened. The listener sends the header after taking it.
 //!
-//! The pool follows a changing upstream set (upstreams given by name): each pooled
-//! connection remembers its address, and one whose address has left the set is discarded
+//! The pool follows a changing upstream set (upstreams given by name). Each pooled
+//! connection remembers its address. One whose address has left the set is discarded
 //! when it is taken or when the pool expires old connections, so no client is handed a
 //! socket to an address that DNS no longer lists. Refills pick from the current set. A
 //! refill connect that is refused or times out is reported to the set like a client's.
