@@ -38,6 +38,10 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long accepts must go without failing before the backoff starts again from
+/// [`MIN_ACCEPT_BACKOFF`].
+const ACCEPT_QUIET_PERIOD: Duration = MAX_ACCEPT_BACKOFF;
+
 /// State that every connection of one listener shares.
 #[derive(Debug)]
 pub(crate) struct ListenerShared {
@@ -204,10 +208,15 @@ pub(crate) async fn accept_loop(
 
 /// Accepts from one listening socket, counting failed accepts and backing off while
 /// they repeat, so running out of descriptors never turns into a busy loop.
+///
+/// Near the descriptor limit, accepts fail and succeed by turns, because each accepted
+/// client whose upstream connect fails frees its descriptor at once. So one success
+/// does not end the backoff. Only a quiet period without failures does.
 pub(crate) struct Acceptor {
     name: String,
     errors: AcceptErrorCounters,
     backoff: Duration,
+    last_failure: Option<Instant>,
 }
 
 impl Acceptor {
@@ -217,6 +226,7 @@ impl Acceptor {
             name: name.to_owned(),
             errors: AcceptErrorCounters::new(name),
             backoff: MIN_ACCEPT_BACKOFF,
+            last_failure: None,
         }
     }
 
@@ -234,10 +244,19 @@ impl Acceptor {
             };
             match accepted {
                 Ok(accepted) => {
-                    self.backoff = MIN_ACCEPT_BACKOFF;
+                    if self
+                        .last_failure
+                        .is_some_and(|failed| failed.elapsed() >= ACCEPT_QUIET_PERIOD)
+                    {
+                        self.backoff = MIN_ACCEPT_BACKOFF;
+                        self.last_failure = None;
+                    }
                     return Some(accepted);
                 }
-                Err(error) => self.record_error(&error),
+                Err(error) => {
+                    self.record_error(&error);
+                    self.last_failure = Some(Instant::now());
+                }
             }
 
             tokio::select! {

@@ -311,6 +311,24 @@ async fn connect_clients(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStr
     clients
 }
 
+/// Waits until the child has at least 39 of its 40 descriptors open. From there one
+/// more accepted connection exhausts them, and none is freed while the test's
+/// clients stay connected.
+async fn wait_descriptors_exhausted(child: &tokio::process::Child) {
+    // `prlimit` execs the proxy, so the child's pid is the proxy's.
+    let fds = PathBuf::from(format!("/proc/{}/fd", child.id().expect("the child runs")));
+    within("the child to use up its descriptors", async {
+        loop {
+            let open = std::fs::read_dir(&fds).map_or(0, Iterator::count);
+            if open >= 39 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// Starts `styx-proxy run` under `prlimit` with its open file limit at 40.
 fn spawn_fd_limited(
     listen: std::net::SocketAddr,
@@ -422,6 +440,9 @@ async fn metrics_endpoint_backs_off_at_fd_limit() {
     wait_listening(listen).await;
 
     let clients = connect_clients(listen, 40).await;
+    // On a busy machine the proxy may still be accepting those clients. A scraper
+    // accepted before the descriptors run out is served and never fails.
+    wait_descriptors_exhausted(&child).await;
     // These wait in the metrics backlog, so each accept attempt fails with EMFILE.
     let scrapers = connect_clients(metrics, 3).await;
     let exhausted = tokio::time::Instant::now();
