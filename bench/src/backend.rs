@@ -7,10 +7,11 @@
 //! where data arrives, not where it is written) and the idle connections held open.
 //!
 //! Accepting, reply-and-close and idle connections run on the tokio runtime the backend is
-//! started on, because there are thousands of them. Sink and echo connections (a few at a
-//! time) each get a blocking thread instead: a blocking read takes one syscall and one
-//! wake-up, where readiness polling takes a failed read and an epoll wait as well. That
-//! keeps the backend's share of the CPU small, so it limits no path's figure.
+//! started on, because there are thousands of them. Sink connections all run on one
+//! thread of their own, as in iperf3's server, so the receiving side of a bulk run takes
+//! about one core whatever the stream count. An echo connection (one at a time) gets a
+//! blocking thread: a blocking read takes one syscall and one wake-up, where readiness
+//! polling takes a failed read and an epoll wait as well.
 //!
 //! This module is not a load generator and keeps no latency figures.
 
@@ -23,6 +24,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::BenchError;
@@ -99,6 +102,7 @@ pub struct Backend {
     local_addr: SocketAddr,
     stats: Arc<BackendStats>,
     accept_task: JoinHandle<()>,
+    _sink_thread: SinkThread,
 }
 
 impl Backend {
@@ -115,14 +119,20 @@ impl Backend {
         let local_addr = std_listener.local_addr().map_err(bind_error)?;
         let listener = TcpListener::from_std(std_listener).map_err(bind_error)?;
 
+        let sink_thread = SinkThread::start().map_err(BenchError::Runtime)?;
         let stats = Arc::new(BackendStats::default());
-        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&stats)));
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&stats),
+            sink_thread.handle.clone(),
+        ));
         tracing::debug!(backend.addr = %local_addr, "bench backend listening");
 
         Ok(Backend {
             local_addr,
             stats,
             accept_task,
+            _sink_thread: sink_thread,
         })
     }
 
@@ -143,11 +153,40 @@ impl Drop for Backend {
     }
 }
 
-async fn accept_loop(listener: TcpListener, stats: Arc<BackendStats>) {
+/// The thread that reads every sink connection, on a single-threaded runtime. Dropping
+/// it stops the runtime, which closes the sink connections.
+#[derive(Debug)]
+struct SinkThread {
+    handle: Handle,
+    _stop: oneshot::Sender<()>,
+}
+
+impl SinkThread {
+    fn start() -> io::Result<SinkThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+
+        thread::Builder::new()
+            .name("bench-sink".to_owned())
+            .spawn(move || {
+                // Resolves when the sender is dropped with the backend.
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(SinkThread {
+            handle,
+            _stop: stop,
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, stats: Arc<BackendStats>, sink: Handle) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, Arc::clone(&stats)));
+                tokio::spawn(serve_connection(stream, Arc::clone(&stats), sink.clone()));
             }
             Err(error) => {
                 tracing::debug!(%error, "bench backend failed to accept a connection");
@@ -159,7 +198,7 @@ async fn accept_loop(listener: TcpListener, stats: Arc<BackendStats>) {
 
 /// Serves one connection. Errors end the connection quietly: a client that resets is
 /// normal in the connection-rate scenario.
-async fn serve_connection(mut stream: TcpStream, stats: Arc<BackendStats>) {
+async fn serve_connection(mut stream: TcpStream, stats: Arc<BackendStats>, sink_thread: Handle) {
     let mut header = [0u8; 1];
     let Ok(1) = stream.read(&mut header).await else {
         return;
@@ -173,7 +212,7 @@ async fn serve_connection(mut stream: TcpStream, stats: Arc<BackendStats>) {
     };
 
     let result = match mode {
-        Mode::Sink => serve_blocking(stream, mode, move |stream| sink(stream, &stats)),
+        Mode::Sink => move_to_sink_thread(stream, &sink_thread, stats),
         Mode::Echo => serve_blocking(stream, mode, echo),
         Mode::ReplyAndClose => stream.write_all(&header).await,
         Mode::Idle => hold_idle(stream, &stats).await,
@@ -202,10 +241,28 @@ fn serve_blocking(
     Ok(())
 }
 
-fn sink(mut stream: StdTcpStream, stats: &BackendStats) -> io::Result<()> {
+/// Moves a sink connection to the sink thread's runtime, which reads it from then on.
+fn move_to_sink_thread(
+    stream: TcpStream,
+    sink_thread: &Handle,
+    stats: Arc<BackendStats>,
+) -> io::Result<()> {
+    // The std socket stays non-blocking, and registers with the sink runtime's reactor
+    // once `sink` runs there.
+    let stream = stream.into_std()?;
+    sink_thread.spawn(async move {
+        if let Err(error) = sink(stream, &stats).await {
+            tracing::trace!(%error, "bench backend sink connection ended with an error");
+        }
+    });
+    Ok(())
+}
+
+async fn sink(stream: StdTcpStream, stats: &BackendStats) -> io::Result<()> {
+    let mut stream = TcpStream::from_std(stream)?;
     let mut buffer = vec![0u8; SINK_BUFFER_BYTES];
     loop {
-        let read = stream.read(&mut buffer)?;
+        let read = stream.read(&mut buffer).await?;
         if read == 0 {
             return Ok(());
         }
