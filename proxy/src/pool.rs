@@ -166,12 +166,15 @@ impl Pool {
             };
             match connected {
                 Ok(stream) => {
-                    self.metrics.connect_duration.record(started.elapsed());
+                    let took = started.elapsed();
                     self.lock().push_back(Pooled {
                         stream,
                         addr,
                         since: Instant::now(),
                     });
+                    // Recorded once the connection is in the pool, so a count seen on
+                    // the metrics page means the connection can be taken.
+                    self.metrics.connect_duration.record(took);
                 }
                 Err(error) => {
                     tracing::debug!(error = %error, "Failed to refill the pre-connect pool");
