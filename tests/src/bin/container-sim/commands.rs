@@ -507,7 +507,7 @@ fn start(store: &Store, args: &[String]) -> Outcome {
 /// caller holds the lock.
 fn launch(store: &Store, id: &str) -> Result<(), Failure> {
     let dir = store.dir(id);
-    let octet = store.allocate_ip()?;
+    let (octet, claim) = store.allocate_ip()?;
     for file in ["exit", "image.pid"] {
         store.remove(id, file);
     }
@@ -517,6 +517,9 @@ fn launch(store: &Store, id: &str) -> Result<(), Failure> {
     store.write_number(id, "ip", i64::from(octet))?;
     store.write_number(id, "started", i64::try_from(unix_now()).unwrap_or(0))?;
 
+    // The monitor, and the image after it, inherit the claim on the address, so it
+    // lasts as long as the container runs and not just this CLI call.
+    rustix::io::fcntl_setfd(&claim, rustix::io::FdFlags::empty()).map_err(io::Error::from)?;
     let monitor = Command::new(std::env::current_exe()?)
         .arg("__monitor")
         .arg(id)
@@ -524,6 +527,7 @@ fn launch(store: &Store, id: &str) -> Result<(), Failure> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
+    drop(claim);
     store.write_number(id, "running", i64::from(monitor.id()))?;
 
     // The monitor reports once the image process exists, as `start` returns only after

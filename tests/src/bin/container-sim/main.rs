@@ -9,7 +9,8 @@
 //! containers.
 //!
 //! Each running container is a real process of this binary ("image mode") listening on
-//! its own loopback address 127.77.0.N, reported as `127.77.0.N/24`. A detached monitor
+//! its own loopback address 127.77.0.N, reported as `127.77.0.N/24`, which no other
+//! simulator on the host hands out while the container runs. A detached monitor
 //! process per container plays the part of Apple's runtime helper: it starts the image,
 //! enforces the memory limit and records the exit status.
 //!

@@ -9,6 +9,12 @@
 //! - `started`: Unix seconds of the last start.
 //! - `exit`: exit status of the last run, written by the monitor.
 //! - `stdout.log`, `stderr.log`: the image's output streams, truncated on start.
+//!
+//! Addresses are a machine-wide resource, unlike the state directory: every simulator
+//! on the host hands out 127.77.0.N, and tests run several simulators at once. A
+//! running container therefore also keeps an advisory lock on
+//! `<temp dir>/container-sim-addresses/<octet>.lock`, which no other simulator can
+//! take while the container's monitor or image process lives.
 
 use std::fs::{self, File};
 use std::io;
@@ -169,8 +175,9 @@ impl Store {
 
     /// Picks the next free host octet after the last one handed out, as Apple's
     /// rotating allocator does, so a restarted container usually gets a new address.
-    /// The caller holds the lock.
-    pub fn allocate_ip(&self) -> io::Result<u8> {
+    /// The caller holds the lock. The returned file carries the address's machine-wide
+    /// claim, which lasts until every process that inherited the file has exited.
+    pub fn allocate_ip(&self) -> io::Result<(u8, File)> {
         let in_use: Vec<i64> = self
             .ids()?
             .iter()
@@ -190,9 +197,13 @@ impl Store {
         };
         for step in 0..span {
             let candidate = FIRST_HOST + u8::try_from((next + step) % span).unwrap_or(0);
-            if !in_use.contains(&i64::from(candidate)) {
+            if in_use.contains(&i64::from(candidate)) {
+                continue;
+            }
+            // Another simulator's running container may have the address.
+            if let Some(claim) = claim_address(candidate)? {
                 write_atomic(&self.root.join("last-ip"), candidate.to_string())?;
-                return Ok(candidate);
+                return Ok((candidate, claim));
             }
         }
         Err(io::Error::other("no free address left on 127.77.0.0/24"))
@@ -208,6 +219,24 @@ impl Store {
             std::thread::sleep(Duration::from_millis(10));
         }
         true
+    }
+}
+
+/// Takes the machine-wide claim on 127.77.0.`octet`, or returns `None` when another
+/// process has it. The claim is an advisory lock, so the kernel drops it when its
+/// last holder exits, even one that was killed.
+fn claim_address(octet: u8) -> io::Result<Option<File>> {
+    let dir = std::env::temp_dir().join("container-sim-addresses");
+    fs::create_dir_all(&dir)?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{octet}.lock")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(error)) => Err(error),
     }
 }
 
