@@ -27,6 +27,9 @@ const DEFAULT_CPUS: u64 = 4;
 /// How long `delete --force` and `kill -s KILL` wait for the container to stop.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a started container's monitor may take to start the image process.
+const IMAGE_START_WAIT: Duration = Duration::from_secs(10);
+
 /// How often the monitor checks the image process and its memory.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -532,7 +535,7 @@ fn launch(store: &Store, id: &str) -> Result<(), Failure> {
 
     // The monitor reports once the image process exists, as `start` returns only after
     // the container's process has started.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + IMAGE_START_WAIT;
     while !dir.join("image.pid").exists() && !dir.join("exit").exists() {
         if Instant::now() >= deadline {
             return Err(Failure::runtime(format!(
@@ -674,9 +677,21 @@ fn parse_signal(text: &str) -> Result<Signal, Failure> {
     Ok(signal)
 }
 
+/// Sends `signal` to the image process of `id`. The container counts as running from
+/// the moment its monitor is launched, so a signal can arrive before the monitor has
+/// started the image. Such a signal is delivered once the image runs.
 fn send(store: &Store, id: &str, signal: Signal) {
-    if let Some(pid) = image_pid(store, id) {
-        let _ = rustix::process::kill_process(pid, signal);
+    let deadline = Instant::now() + IMAGE_START_WAIT;
+    loop {
+        if let Some(pid) = image_pid(store, id) {
+            let _ = rustix::process::kill_process(pid, signal);
+            return;
+        }
+        let starting = store.is_running(id) && !store.dir(id).join("exit").exists();
+        if !starting || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
