@@ -521,7 +521,10 @@ async fn wait_running(
             || std::fs::metadata(state.state_dir.join(supervisor::LOG_FILE))
                 .is_ok_and(|log| log.len() > 0);
         if supervisor_ended {
-            // A fresh container has no start date, so one means it ran.
+            // The record above may predate the start of a task that has run and exited
+            // since, so it is read again. A fresh container has no start date, so one
+            // means it ran.
+            let record = cli.inspect(&state.container).await?;
             let ran = record.is_some_and(|record| record.started_at.is_some())
                 && supervisor::read_exit_code(&state.state_dir).is_some();
             if ran {
