@@ -11,7 +11,6 @@
 //! engine = "auto"                  # auto | splice | copy, for every listener
 //! metrics_listen = "127.0.0.1:9100"
 //! drain_timeout_s = 30
-//! workers = 2                      # threads serving connections; one per CPU when absent
 //! dns = ["consul=127.0.0.1:8600"]  # SUFFIX=IP[:PORT][,IP[:PORT]...], as --dns
 //!
 //! [[listener]]
@@ -52,8 +51,6 @@ pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 300;
 pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 30;
 /// Default time a pre-connected socket may wait for a client, in seconds.
 pub const DEFAULT_PRECONNECT_MAX_IDLE_S: u64 = 30;
-/// Worker thread counts accepted from `--workers` and the file's `workers` key.
-pub const WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=1024;
 /// Largest pre-connect pool per listener.
 pub const MAX_PRECONNECT: usize = 1_000;
 /// Maximum length of a listener name, which is also a metrics label value.
@@ -172,8 +169,6 @@ pub struct ConfigFile {
     pub proxy: ProxyConfig,
     /// Route overrides, in the form of `--dns` values.
     pub dns: Vec<RouteOverride>,
-    /// Worker threads, when the file sets them.
-    pub workers: Option<usize>,
 }
 
 /// An invalid setting, or a config file that cannot be read or parsed.
@@ -335,7 +330,6 @@ struct RawFile {
     engine: Option<EngineChoice>,
     metrics_listen: Option<SocketAddr>,
     drain_timeout_s: Option<u64>,
-    workers: Option<Spanned<u64>>,
     #[serde(default)]
     dns: Vec<Spanned<String>>,
     #[serde(default)]
@@ -408,23 +402,7 @@ impl RawFile {
             .into_iter()
             .map(parse_spanned::<RouteOverride>)
             .collect::<Result<_, _>>()?;
-        let workers = match self.workers {
-            Some(workers) if !WORKERS_RANGE.contains(workers.get_ref()) => {
-                let message = format!(
-                    "workers must be from {} to {}",
-                    WORKERS_RANGE.start(),
-                    WORKERS_RANGE.end()
-                );
-                return Err((workers.span(), message));
-            }
-            Some(workers) => usize::try_from(workers.into_inner()).ok(),
-            None => None,
-        };
-        Ok(ConfigFile {
-            proxy,
-            dns,
-            workers,
-        })
+        Ok(ConfigFile { proxy, dns })
     }
 }
 
@@ -599,24 +577,6 @@ connect_timeout_ms = 250
         let (line, message) = error_line(text);
         assert_eq!(line, 6);
         assert!(message.contains("used twice"), "{message}");
-    }
-
-    #[test]
-    fn file_workers_parsed() {
-        let text = "workers = 3\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = [\"127.0.0.1:2\"]\n";
-        let file = ConfigFile::parse(text, Path::new("proxy.toml")).unwrap();
-        assert_eq!(file.workers, Some(3));
-    }
-
-    #[test]
-    fn file_zero_workers_names_line() {
-        let text = "drain_timeout_s = 5\nworkers = 0\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = [\"127.0.0.1:2\"]\n";
-        let (line, message) = error_line(text);
-        assert_eq!(line, 2);
-        assert!(
-            message.contains("workers must be from 1 to 1024"),
-            "{message}"
-        );
     }
 
     #[test]

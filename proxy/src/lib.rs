@@ -17,8 +17,6 @@
 //!   half-close, reset and idle rules they share.
 //! - [`listener`]: the accept loop and the life of one connection.
 //! - [`server`]: all listeners of one process, and the graceful drain.
-//! - [`workers`]: threads with a single-threaded runtime each, which accept and serve
-//!   connections.
 //! - [`metrics`]: metric names, descriptions, handles and the recorder.
 //! - [`metrics_endpoint`]: the HTTP endpoint that serves `GET /metrics`.
 //! - [`system`]: process limits (open files).
@@ -38,9 +36,7 @@ pub mod proxy_protocol;
 pub mod server;
 pub mod system;
 pub mod upstream;
-pub mod workers;
 
 pub use config::{EngineChoice, ListenerConfig, ProxyConfig};
 pub use engine::Engine;
 pub use server::{DrainReport, Server};
-pub use workers::Workers;

@@ -1,9 +1,5 @@
 //! All listeners of one process, and the graceful drain that ends them.
 //!
-//! Listeners are served either on the caller's runtime ([`Server::run`],
-//! [`Server::run_until`]) or on [`Workers`], each of which then accepts from its own
-//! duplicate of every listening socket ([`Server::run_on_workers`]).
-//!
 //! Shutdown runs in two phases. When the shutdown token is cancelled, every listener
 //! stops accepting and closes its socket, so new clients are refused, and the
 //! pre-connect pools close. Open connections then have the drain timeout to finish on
@@ -25,7 +21,6 @@ use styx_dns::{ResolverConfig, SplitResolver};
 
 use crate::config::ProxyConfig;
 use crate::listener::{AcceptContext, ListenerShared, accept_loop};
-use crate::workers::Workers;
 
 /// Listen backlog; clients beyond the connection limit wait here.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -154,32 +149,6 @@ impl Server {
         shutdown: CancellationToken,
         cut_off_now: CancellationToken,
     ) -> DrainReport {
-        self.serve(None, shutdown, cut_off_now).await
-    }
-
-    /// Serves on `workers` as [`Server::run_until`] does on the caller's runtime: every
-    /// worker accepts from every listener and serves the connections it accepted. The
-    /// drain and the pre-connect pools run on the caller's runtime.
-    ///
-    /// # Cancel safety
-    /// As for [`Server::run`]; the workers must outlive the returned future.
-    pub async fn run_on_workers(
-        self,
-        workers: &Workers,
-        shutdown: CancellationToken,
-        cut_off_now: CancellationToken,
-    ) -> DrainReport {
-        self.serve(Some(workers), shutdown, cut_off_now).await
-    }
-
-    /// Runs the accept loops of every listener on each of `workers`, or on the caller's
-    /// runtime without them, then the drain on the caller's runtime.
-    async fn serve(
-        self,
-        workers: Option<&Workers>,
-        shutdown: CancellationToken,
-        cut_off_now: CancellationToken,
-    ) -> DrainReport {
         let tracker = TaskTracker::new();
         let cut_off = CancellationToken::new();
         let pools_stop = CancellationToken::new();
@@ -204,43 +173,16 @@ impl Server {
                 preconnect = shared.pool.is_some(),
                 "Listening"
             );
-            // NOTE: the pool's sockets register with the caller's runtime, so on workers
-            // a pooled connection's readiness events cross threads. A pool per worker
-            // would keep them local.
             if let Some(pool) = &shared.pool {
                 tokio::spawn(pool.clone().maintain(pools_stop.clone()));
             }
-            let limit = Arc::new(Semaphore::new(max_connections));
-            let context = || AcceptContext {
-                limit: limit.clone(),
+            let context = AcceptContext {
+                limit: Arc::new(Semaphore::new(max_connections)),
                 tracker: tracker.clone(),
                 stop: shutdown.clone(),
                 cut_off: cut_off.clone(),
             };
-
-            let Some(workers) = workers else {
-                accept_loops.spawn(accept_loop(listener, shared, context()));
-                continue;
-            };
-            let listener = match listener.into_std() {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::error!(listener = %shared.name, %error, "Failed to hand the listener to the workers");
-                    continue;
-                }
-            };
-            for runtime in workers.handles() {
-                match listener.try_clone() {
-                    Ok(copy) => {
-                        let accept = accept_on_worker(copy, shared.clone(), context());
-                        accept_loops.spawn_on(accept, runtime);
-                    }
-                    // The other workers still serve this listener.
-                    Err(error) => {
-                        tracing::error!(listener = %shared.name, %error, "Failed to duplicate the listening socket for a worker");
-                    }
-                }
-            }
+            accept_loops.spawn(accept_loop(listener, shared, context));
         }
 
         shutdown.cancelled().await;
@@ -266,21 +208,6 @@ impl Server {
         DrainReport {
             open_at_shutdown,
             cut_off: cut,
-        }
-    }
-}
-
-/// Registers a duplicate of a listening socket with the worker's runtime, which this
-/// runs on, and accepts from it.
-async fn accept_on_worker(
-    listener: std::net::TcpListener,
-    shared: Arc<ListenerShared>,
-    context: AcceptContext,
-) {
-    match TcpListener::from_std(listener) {
-        Ok(listener) => accept_loop(listener, shared, context).await,
-        Err(error) => {
-            tracing::error!(listener = %shared.name, %error, "Failed to register the listening socket with a worker");
         }
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use styx_proxy::{DrainReport, ListenerConfig, ProxyConfig, Server, Workers};
+use styx_proxy::{DrainReport, ListenerConfig, ProxyConfig, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -24,11 +24,7 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-/// Worker threads of a test proxy: two, like the binary on this 2-core machine, so the
-/// listener is shared by workers that each accept.
-const TEST_WORKERS: usize = 2;
-
-/// A proxy running in this process on its own worker threads, as `styx-proxy run` does.
+/// A proxy running in this process.
 pub struct Proxy {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
@@ -55,18 +51,7 @@ impl Proxy {
         let server = Server::bind(&config).expect("test proxy binds");
         let addr = server.local_addrs()[0];
         let shutdown = CancellationToken::new();
-        let workers = Workers::start(TEST_WORKERS).expect("test workers start");
-        let task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                let report = server
-                    .run_on_workers(&workers, shutdown, CancellationToken::new())
-                    .await;
-                // Joins the worker threads, which have nothing left to run after the drain.
-                drop(workers);
-                report
-            }
-        });
+        let task = tokio::spawn(server.run(shutdown.clone()));
         Proxy {
             addr,
             shutdown,
