@@ -559,9 +559,9 @@ throughput = {
     for streams in (1, 8)
 }
 for path in paths:
-    one, eight = throughput[(path, 1)], throughput[(path, 8)]
+    single, eight = throughput[(path, 1)], throughput[(path, 8)]
     print(
-        f"{path:<12} {number(one, 2):>10} {ratio(one, throughput[('direct', 1)]):>10}"
+        f"{path:<12} {number(single, 2):>10} {ratio(single, throughput[('direct', 1)]):>10}"
         f" {number(eight, 2):>10} {ratio(eight, throughput[('direct', 8)]):>10}"
     )
 print()

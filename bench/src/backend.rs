@@ -8,7 +8,7 @@
 //!
 //! Accepting, reply-and-close and idle connections run on the tokio runtime the backend is
 //! started on, because there are thousands of them. Sink connections all run on one
-//! thread of their own, as in iperf3's server, so the receiving side of a bulk run takes
+//! thread of their own, as in iperf3's server. So the receiving side of a bulk run takes
 //! about one core whatever the stream count. An echo connection (one at a time) gets a
 //! blocking thread: a blocking read takes one syscall and one wake-up, where readiness
 //! polling takes a failed read and an epoll wait as well.

@@ -1,6 +1,6 @@
 //! The bulk generator: one-way throughput over N streams, in Gbit/s.
 //!
-//! One thread writes to every stream, as iperf3 does with its single event loop, and the
+//! One thread writes to every stream, as iperf3 does with its single event loop. The
 //! backend reads every sink connection on one thread too. So the direct path runs on
 //! about one core for each side whatever the stream count, and a proxy competes for the
 //! CPU with two generator threads, not with two per stream. Writes are 256 KiB, which

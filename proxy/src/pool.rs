@@ -166,7 +166,7 @@ impl Pool {
             };
             match connected {
                 Ok(stream) => {
-                    let took = started.elapsed();
+                    let connect_time = started.elapsed();
                     self.lock().push_back(Pooled {
                         stream,
                         addr,
@@ -174,7 +174,7 @@ impl Pool {
                     });
                     // Recorded once the connection is in the pool, so a count seen on
                     // the metrics page means the connection can be taken.
-                    self.metrics.connect_duration.record(took);
+                    self.metrics.connect_duration.record(connect_time);
                 }
                 Err(error) => {
                     tracing::debug!(error = %error, "Failed to refill the pre-connect pool");

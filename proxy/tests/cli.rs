@@ -329,6 +329,37 @@ async fn wait_descriptors_exhausted(child: &tokio::process::Child) {
     .await;
 }
 
+/// A proxy limited to 40 open files, with every descriptor in use by the test's
+/// clients.
+struct ExhaustedProxy {
+    child: tokio::process::Child,
+    listen: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+    clients: Vec<TcpStream>,
+}
+
+/// Starts a proxy limited to 40 open files and connects more clients than it can serve.
+/// Returns once the proxy has used up its descriptors.
+async fn exhaust_fd_limited_proxy() -> ExhaustedProxy {
+    let upstream = spawn_echo().await;
+    let (listen, metrics) = (closed_port(), closed_port());
+    let child = spawn_fd_limited(listen, upstream, metrics);
+    // The proxy binds its listener after the metrics endpoint, so wait for the listener.
+    wait_listening(listen).await;
+
+    // A client whose upstream connect failed with EMFILE is reset, which can surface as
+    // the connect's own result.
+    let clients = connect_clients(listen, 40).await;
+    // On a busy machine the proxy may still be accepting those clients here.
+    wait_descriptors_exhausted(&child).await;
+    ExhaustedProxy {
+        child,
+        listen,
+        metrics,
+        clients,
+    }
+}
+
 /// Starts `styx-proxy run` under `prlimit` with its open file limit at 40.
 fn spawn_fd_limited(
     listen: std::net::SocketAddr,
@@ -365,16 +396,12 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     if prlimit_missing() {
         return;
     }
-    let upstream = spawn_echo().await;
-    let (listen, metrics) = (closed_port(), closed_port());
-    let child = spawn_fd_limited(listen, upstream, metrics);
-    // The proxy binds its listener after the metrics endpoint, so wait for the listener.
-    wait_listening(listen).await;
-
-    // More clients than 40 descriptors can serve. A client whose upstream connect
-    // failed with EMFILE is reset, which can surface as the connect's own result.
-    let clients = connect_clients(listen, 40).await;
-    wait_descriptors_exhausted(&child).await;
+    let ExhaustedProxy {
+        child,
+        listen,
+        metrics,
+        clients,
+    } = exhaust_fd_limited_proxy().await;
     // The metrics endpoint cannot accept either while descriptors are exhausted, so
     // the failures are read after recovery.
     let exhausted = tokio::time::Instant::now();
@@ -435,15 +462,14 @@ async fn metrics_endpoint_backs_off_at_fd_limit() {
     if prlimit_missing() {
         return;
     }
-    let upstream = spawn_echo().await;
-    let (listen, metrics) = (closed_port(), closed_port());
-    let child = spawn_fd_limited(listen, upstream, metrics);
-    wait_listening(listen).await;
-
-    let clients = connect_clients(listen, 40).await;
-    // On a busy machine the proxy may still be accepting those clients. A scraper
-    // accepted before the descriptors run out is served and never fails.
-    wait_descriptors_exhausted(&child).await;
+    // A scraper accepted before the descriptors ran out would be served and never fail,
+    // so the scrapers connect only now.
+    let ExhaustedProxy {
+        child,
+        metrics,
+        clients,
+        ..
+    } = exhaust_fd_limited_proxy().await;
     // These wait in the metrics backlog, so each accept attempt fails with EMFILE.
     let scrapers = connect_clients(metrics, 3).await;
     let exhausted = tokio::time::Instant::now();
