@@ -1,12 +1,18 @@
 //! Fidelity of `container-sim` to Apple's `container` CLI: exit codes, `Error:` texts,
-//! and the JSON layouts of each CLI generation that the driver parses.
+//! and the JSON layouts of each CLI generation that the driver parses. It also checks
+//! that `start --attach` ends when its container disappears before an exit is recorded.
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+use styx_tests::nomad::send_signal;
 use styx_tests::sim::Simulator;
 
 const SIMULATOR: &str = env!("CARGO_BIN_EXE_container-sim");
+
+/// Limit that only stops a hung test. The commands it bounds end within milliseconds.
+const HANG_LIMIT: Duration = Duration::from_secs(30);
 
 fn simulator(dir: &tempfile::TempDir) -> Simulator {
     Simulator::new(Path::new(SIMULATOR), &dir.path().join("sim"))
@@ -186,4 +192,127 @@ fn logs_tail_drops_blank_lines() {
     let missing = sim.run(["logs", "ghost"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr(&missing).starts_with("Error: failed to get logs for container ghost"));
+}
+
+/// Creates container `web` running for a minute, starts it with `start --attach`, and
+/// returns the attached CLI once the image process runs.
+fn attach_long_runner(sim: &Simulator) -> Child {
+    let created = sim.run([
+        "create",
+        "--name",
+        "web",
+        "--memory",
+        "256m",
+        "styx/exit",
+        "0",
+        "60000",
+    ]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let attached = Command::new(sim.binary())
+        .args(["start", "--attach", "web"])
+        .envs(sim.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let image_pid = sim.state().join("containers/web/image.pid");
+    let deadline = Instant::now() + HANG_LIMIT;
+    while !image_pid.exists() {
+        assert!(Instant::now() < deadline, "container web did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    attached
+}
+
+/// Waits for `child` to exit and returns its output, or kills it and fails the test
+/// after [`HANG_LIMIT`].
+fn output_within_limit(mut child: Child) -> Output {
+    let deadline = Instant::now() + HANG_LIMIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {HANG_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Waits until no process of `sim` is left, or fails the test with their PIDs.
+fn assert_no_processes_left(sim: &Simulator) {
+    let deadline = Instant::now() + HANG_LIMIT;
+    loop {
+        let left = sim.live_processes();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn attach_ends_when_state_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    let attached = attach_long_runner(&sim);
+
+    std::fs::remove_dir_all(sim.state()).unwrap();
+    let output = output_within_limit(attached);
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output).trim_end(),
+        "Error: get failed: container web not found"
+    );
+    // The monitor ends the image once its folder is gone.
+    assert_no_processes_left(&sim);
+}
+
+#[test]
+fn attach_ends_when_container_folder_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    let attached = attach_long_runner(&sim);
+
+    std::fs::remove_dir_all(sim.state().join("containers/web")).unwrap();
+    let output = output_within_limit(attached);
+
+    // Either the not-found error (1) or the status of the image that the monitor
+    // killed (137), depending on which the attached CLI notices first.
+    let code = output.status.code();
+    assert!(
+        matches!(code, Some(1 | 137)),
+        "exit code {code:?}: {}",
+        stderr(&output)
+    );
+    assert_no_processes_left(&sim);
+}
+
+#[test]
+fn attach_ends_when_monitor_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(&dir);
+    let attached = attach_long_runner(&sim);
+    let container = sim.state().join("containers/web");
+    let read_pid = |file: &str| -> u32 {
+        let text = std::fs::read_to_string(container.join(file)).unwrap();
+        text.trim().parse().unwrap()
+    };
+
+    send_signal(read_pid("running"), "-KILL").unwrap();
+    let output = output_within_limit(attached);
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output).trim_end(),
+        "Error: internalError: \"the runtime helper of container web exited without recording its exit status\""
+    );
+    let inspected = stdout(&sim.run(["inspect", "web"]));
+    assert!(inspected.contains("\"state\" : \"stopped\""), "{inspected}");
+
+    // Nothing watches the image once its monitor is gone.
+    send_signal(read_pid("image.pid"), "-KILL").unwrap();
+    assert_no_processes_left(&sim);
 }

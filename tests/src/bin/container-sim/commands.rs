@@ -3,7 +3,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
@@ -480,7 +480,7 @@ fn start(store: &Store, args: &[String]) -> Outcome {
     let id = single_id(&parsed, "start")?;
     let attach = parsed.switch("--attach");
 
-    {
+    let monitor = {
         let _lock = store.lock()?;
         if !store.exists(&id) {
             return Err(Failure::runtime(format!(
@@ -496,19 +496,19 @@ fn start(store: &Store, args: &[String]) -> Outcome {
             println!("{id}");
             return Ok(ExitCode::SUCCESS);
         }
-        launch(store, &id)?;
-    }
+        launch(store, &id)?
+    };
 
     if attach {
-        return follow(store, &id);
+        return follow(store, &id, monitor);
     }
     println!("{id}");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the monitor of `id` in its own session, so it outlives this CLI call. The
-/// caller holds the lock.
-fn launch(store: &Store, id: &str) -> Result<(), Failure> {
+/// Starts the monitor of `id` in its own session, so it outlives this CLI call, and
+/// returns it. The caller holds the lock.
+fn launch(store: &Store, id: &str) -> Result<Child, Failure> {
     let dir = store.dir(id);
     let (octet, claim) = store.allocate_ip()?;
     for file in ["exit", "image.pid"] {
@@ -523,7 +523,7 @@ fn launch(store: &Store, id: &str) -> Result<(), Failure> {
     // The monitor, and the image after it, inherit the claim on the address, so it
     // lasts as long as the container runs and not just this CLI call.
     rustix::io::fcntl_setfd(&claim, rustix::io::FdFlags::empty()).map_err(io::Error::from)?;
-    let monitor = Command::new(std::env::current_exe()?)
+    let mut monitor = Command::new(std::env::current_exe()?)
         .arg("__monitor")
         .arg(id)
         .stdin(Stdio::null())
@@ -534,40 +534,85 @@ fn launch(store: &Store, id: &str) -> Result<(), Failure> {
     store.write_number(id, "running", i64::from(monitor.id()))?;
 
     // The monitor reports once the image process exists, as `start` returns only after
-    // the container's process has started.
+    // the container's process has started. A monitor that exited without reporting,
+    // as when its container's folder vanished, never reports.
     let deadline = Instant::now() + IMAGE_START_WAIT;
     while !dir.join("image.pid").exists() && !dir.join("exit").exists() {
-        if Instant::now() >= deadline {
+        let monitor_exited = monitor.try_wait()?.is_some();
+        if monitor_exited || Instant::now() >= deadline {
             return Err(Failure::runtime(format!(
                 "internalError: \"container {id} did not start\""
             )));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(())
+    Ok(monitor)
 }
 
 /// `start --attach`: copies the container's two streams to this process's stdout and
-/// stderr until it exits, then exits with its status.
-fn follow(store: &Store, id: &str) -> Outcome {
+/// stderr until it exits, then exits with its status. It fails with exit code 1 once
+/// no status can arrive any more: the container's folder was removed, or `monitor`
+/// exited without recording one.
+fn follow(store: &Store, id: &str, mut monitor: Child) -> Outcome {
     let dir = store.dir(id);
     let mut stdout = File::open(dir.join("stdout.log"))?;
     let mut stderr = File::open(dir.join("stderr.log"))?;
+    let mut copy_output = || -> io::Result<usize> {
+        Ok(copy_new(&mut stdout, &mut io::stdout())? + copy_new(&mut stderr, &mut io::stderr())?)
+    };
     loop {
-        let exited = fs::read_to_string(store.last_exit_path(id))
-            .ok()
-            .and_then(|text| text.trim().parse::<i64>().ok());
-        let copied =
-            copy_new(&mut stdout, &mut io::stdout())? + copy_new(&mut stderr, &mut io::stderr())?;
+        let exited = read_last_exit(store, id);
+        let copied = copy_output()?;
         if let Some(status) = exited {
             // Read once more after seeing the exit file, so the last lines are not lost.
-            copy_new(&mut stdout, &mut io::stdout())?;
-            copy_new(&mut stderr, &mut io::stderr())?;
-            return Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)));
+            copy_output()?;
+            return Ok(exit_code(status));
         }
+
+        // Checked after the exit file, because a forced delete removes the folder right
+        // after the monitor records the status of the process it killed.
+        let vanished = !store.exists(id);
+        let monitor_exited = monitor.try_wait()?.is_some();
+        if vanished || monitor_exited {
+            // The status may have been recorded since the read above.
+            copy_output()?;
+            if let Some(status) = read_last_exit(store, id) {
+                return Ok(exit_code(status));
+            }
+            return Err(lost_container(id, vanished));
+        }
+
         if copied == 0 {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+fn read_last_exit(store: &Store, id: &str) -> Option<i64> {
+    fs::read_to_string(store.last_exit_path(id))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn exit_code(status: i64) -> ExitCode {
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
+}
+
+/// Returns the error of an attached `start` whose container disappeared before its
+/// exit status was recorded.
+///
+/// NOTE: what Apple's CLI prints here is not known. A removed container gets the text
+/// of `start` on a missing container, and a monitor that died gets a message of the
+/// simulator's own, both with exit code 1 as for any runtime error.
+fn lost_container(id: &str, vanished: bool) -> Failure {
+    if vanished {
+        Failure::runtime(format!("get failed: container {id} not found"))
+    } else {
+        Failure::runtime(format!(
+            "internalError: \"the runtime helper of container {id} exited without recording its exit status\""
+        ))
     }
 }
 
@@ -607,20 +652,32 @@ fn monitor(store: &Store, args: &[String]) -> Outcome {
 
     let status = match spawned {
         Ok(mut child) => {
-            store.write_number(&id, "image.pid", i64::from(child.id()))?;
-            watch(&mut child, config.memory_bytes)?
+            if store
+                .write_number(&id, "image.pid", i64::from(child.id()))
+                .is_err()
+            {
+                // Nothing can signal an image whose PID is not on record, so it ends now.
+                let _ = child.kill();
+            }
+            watch(store, &id, &mut child, config.memory_bytes)?
         }
         Err(_) => 127,
     };
 
-    store.write_number(&id, "exit", i64::from(status))?;
-    crate::store::write_atomic(&store.last_exit_path(&id), status.to_string())?;
+    // The file outside the container's folder goes first, because an attached `start`
+    // reads it and the folder may be gone, which makes the second write fail.
+    let last_exit_written =
+        crate::store::write_atomic(&store.last_exit_path(&id), status.to_string());
+    let exit_written = store.write_number(&id, "exit", i64::from(status));
     store.remove(&id, "ip");
     store.remove(&id, "running");
+    last_exit_written.and(exit_written)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn watch(child: &mut std::process::Child, memory_limit: u64) -> io::Result<i32> {
+/// Waits for the image process to exit and returns its status, killing it when it
+/// exceeds `memory_limit` or when the container's folder is removed.
+fn watch(store: &Store, id: &str, child: &mut Child, memory_limit: u64) -> io::Result<i32> {
     use std::os::unix::process::ExitStatusExt;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -631,6 +688,11 @@ fn watch(child: &mut std::process::Child, memory_limit: u64) -> io::Result<i32> 
         }
         if rss_bytes(child.id()).is_some_and(|rss| rss > memory_limit) {
             // The guest's cgroup OOM killer ends the process with SIGKILL.
+            let _ = child.kill();
+        }
+        if !store.exists(id) {
+            // Once the folder is gone (a test dropped its state directory), no command
+            // can stop the container any more, so it ends as a forced delete ends it.
             let _ = child.kill();
         }
         std::thread::sleep(MONITOR_INTERVAL);

@@ -12,7 +12,9 @@
 //! its own loopback address 127.77.0.N, reported as `127.77.0.N/24`, which no other
 //! simulator on the host hands out while the container runs. A detached monitor
 //! process per container plays the part of Apple's runtime helper: it starts the image,
-//! enforces the memory limit and records the exit status.
+//! enforces the memory limit and records the exit status. It also kills the image when
+//! the container's folder is removed, so a test that drops its state directory leaves
+//! no process behind.
 //!
 //! Settings, all by environment:
 //! - `CONTAINER_SIM_STATE`: state directory (required).

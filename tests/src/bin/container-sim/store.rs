@@ -3,7 +3,8 @@
 //!
 //! Layout of `<state>/containers/<id>/`:
 //! - `config.json`: what `create` was given.
-//! - `running`: present while the container runs, with the monitor's PID.
+//! - `running`: the monitor's PID, written at start and removed by the monitor when
+//!   the image exits.
 //! - `image.pid`: PID of the image process.
 //! - `ip`: last octet N of 127.77.0.N while running.
 //! - `started`: Unix seconds of the last start.
@@ -153,8 +154,12 @@ impl Store {
             .ok_or_else(|| io::Error::other(format!("corrupt config of container {id}")))
     }
 
+    /// Returns true while the container's monitor runs. A `running` file left behind
+    /// by a monitor that was killed does not count, so that such a container reads as
+    /// stopped instead of running forever.
     pub fn is_running(&self, id: &str) -> bool {
-        self.dir(id).join("running").exists()
+        self.read_number(id, "running")
+            .is_some_and(|pid| monitor_alive(pid, id))
     }
 
     pub fn read_number(&self, id: &str, file: &str) -> Option<i64> {
@@ -220,6 +225,28 @@ impl Store {
         }
         true
     }
+}
+
+/// Returns true when `pid` is a live monitor of container `id`. A zombie counts as
+/// exited, and the command line check rules out a PID that was reused after the
+/// monitor exited.
+fn monitor_alive(pid: i64, id: &str) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let exited = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')));
+    if exited {
+        return false;
+    }
+
+    let Ok(command_line) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = command_line.split(|byte| *byte == 0).collect();
+    args.windows(2)
+        .any(|pair| pair[0] == b"__monitor" && pair[1] == id.as_bytes())
 }
 
 /// Takes the machine-wide claim on 127.77.0.`octet`, or returns `None` when another
