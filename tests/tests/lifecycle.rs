@@ -648,6 +648,43 @@ async fn supervisor_gone_falls_back_to_inspect() {
     harness.destroy(&prepared.config.id).await;
 }
 
+/// An exit code the driver could not learn must come with a reason in `err`. Nomad's
+/// client turns a non-empty `err` into the exit's error, and `ExitResult.Successful`
+/// (Nomad 2.0.6-dev, `plugins/drivers/driver.go`) counts an exit with an error as a
+/// failure even when its exit code and signal are 0.
+#[tokio::test]
+async fn unrecorded_stop_reported_unknown() {
+    let mut harness = Harness::start().await;
+    let spec = TaskSpec::new("lost");
+    let (prepared, response) = harness
+        .start_task(&spec, &image("styx/exit", &["0", "60000"]))
+        .await;
+    let handle = response.expect("StartTask succeeds").handle.unwrap();
+    let container = styx_driver::task::container_name(&spec.alloc_id, "lost");
+
+    // A Mac reboot without recover_stopped: the plugin and the supervisor die, and the
+    // container stops with nothing recording its exit.
+    harness.relaunch().await;
+    kill_supervisor(&prepared.config);
+    let stopped = harness.sim.run(["stop", "-t", "1", container.as_str()]);
+    assert!(stopped.status.success());
+
+    let mut events = harness.events().await;
+    harness.recover(handle).await.expect("RecoverTask succeeds");
+    let exit = harness.wait(&prepared.config.id).await;
+    let result = exit.result.unwrap();
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(result.signal, 0);
+    assert!(exit.err.contains("was not recorded"), "{}", exit.err);
+    let event = next_event(&mut events).await;
+    assert!(
+        event.message.contains("was not recorded"),
+        "{}",
+        event.message
+    );
+    harness.destroy(&prepared.config.id).await;
+}
+
 #[tokio::test]
 async fn start_errors_are_clear() {
     let harness = Harness::start().await;
