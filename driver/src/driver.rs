@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::DRIVER_NAME;
 use crate::config::{DecodeError, PluginConfig, TaskConfig};
+use crate::metrics_endpoint::{self, EndpointError};
 use crate::node::NodeInfo;
 use crate::proto::drivers::{
     DriverCapabilities,
@@ -20,6 +22,15 @@ use crate::task::{Context, Lifecycle};
 
 /// Driver API version that Nomad negotiates for task drivers.
 pub const PLUGIN_API_VERSION: &str = "v0.1.0";
+
+/// Failure of SetConfig.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {DRIVER_NAME} plugin config: {0}")]
+    Invalid(#[from] DecodeError),
+    #[error(transparent)]
+    Metrics(#[from] EndpointError),
+}
 
 /// Shared driver state. Clones are cheap and share one state.
 #[derive(Debug, Clone)]
@@ -45,8 +56,17 @@ impl Driver {
 
     /// Decodes and applies the agent's plugin config. On error the previous config stays
     /// in force. Nomad may call this several times in one process.
-    pub fn set_config(&self, msgpack: &[u8]) -> Result<(), DecodeError> {
+    ///
+    /// `long_lived` is true when the call carries Nomad's node config, which only the
+    /// instance that runs tasks receives. Only that instance starts the metrics endpoint
+    /// (see [`crate::metrics_endpoint`]). The agent's config validation pass, a short-lived
+    /// instance, only checks the address, because the address is still bound by the
+    /// running plugin of an agent that restarts and reattaches to it.
+    pub async fn set_config(&self, msgpack: &[u8], long_lived: bool) -> Result<(), ConfigError> {
         let config = PluginConfig::from_msgpack(msgpack)?;
+        if long_lived {
+            metrics_endpoint::apply(config.metrics_address).await?;
+        }
         tracing::info!(
             container_path = %config.container_path.display(),
             port_offset = config.port_offset,

@@ -17,6 +17,8 @@
 //! - [`fingerprint`]: health probes and the fingerprint stream.
 //! - [`container`]: the adapter for Apple's `container` CLI.
 //! - [`logging`]: hclog JSON lines on stderr.
+//! - [`metrics`]: the driver's metric names and recording helpers.
+//! - [`metrics_endpoint`]: the Prometheus endpoint that `metrics_address` turns on.
 //! - [`node`]: what the Nomad client reports about its node.
 //! - [`proto`]: generated protobuf types and gRPC stubs (server and client).
 #![forbid(unsafe_code)]
@@ -29,6 +31,8 @@ pub mod fingerprint;
 pub mod grpc;
 pub mod handshake;
 pub mod logging;
+pub mod metrics;
+pub mod metrics_endpoint;
 pub mod node;
 pub mod proto;
 pub mod server;

@@ -363,24 +363,42 @@ const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 /// # Errors
 /// [`MetricsError`] when `addr` cannot be bound or a recorder is already installed.
 pub async fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+    install_with_buckets(addr, &[]).await
+}
+
+/// Does what [`install`] does, and also sets the buckets of the embedding program's own
+/// histograms: each entry is a full metric name and its bucket bounds in the metric's
+/// unit. `styx-driver` uses it for its CLI call durations.
+///
+/// # Errors
+/// [`MetricsError`] when `addr` cannot be bound, a recorder is already installed, or a
+/// bucket list is empty.
+pub async fn install_with_buckets(
+    addr: SocketAddr,
+    buckets: &[(&str, &[f64])],
+) -> Result<(), MetricsError> {
     // Bound first, so a taken address leaves no recorder behind.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Listen { addr, source })?;
 
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(UPSTREAM_CONNECT_DURATION_SECONDS.to_owned()),
-            &CONNECT_DURATION_BUCKETS,
-        )
-        .and_then(|builder| {
-            builder.set_buckets_for_metric(
-                Matcher::Full(styx_dns::metrics::QUERY_DURATION_SECONDS.to_owned()),
-                &DNS_QUERY_DURATION_BUCKETS,
-            )
-        })
-        .and_then(PrometheusBuilder::install_recorder)
-        .map_err(MetricsError::Recorder)?;
+    let own_buckets = [
+        (
+            UPSTREAM_CONNECT_DURATION_SECONDS,
+            CONNECT_DURATION_BUCKETS.as_slice(),
+        ),
+        (
+            styx_dns::metrics::QUERY_DURATION_SECONDS,
+            DNS_QUERY_DURATION_BUCKETS.as_slice(),
+        ),
+    ];
+    let mut builder = PrometheusBuilder::new();
+    for (name, bounds) in own_buckets.iter().chain(buckets) {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).to_owned()), bounds)
+            .map_err(MetricsError::Recorder)?;
+    }
+    let handle = builder.install_recorder().map_err(MetricsError::Recorder)?;
 
     describe();
     styx_dns::metrics::describe();

@@ -4,7 +4,8 @@
 //! command lines are unit-tested, and one async method that runs the CLI. Every run has
 //! a time limit, a null stdin, captured output, and `kill_on_drop`, so a hung CLI never
 //! outlives the call that started it. Commands are always run as argv, never through a
-//! shell.
+//! shell. Every run other than the interactive ones (`exec -it`, `start --attach`)
+//! counts in the CLI metrics of [`crate::metrics`].
 //!
 //! Layout:
 //! - [`args`]: the pure argv builders.
@@ -14,9 +15,11 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::process::Command;
+
+use crate::metrics;
 
 pub mod args;
 pub mod json;
@@ -291,7 +294,25 @@ impl ContainerCli {
         self.run_within(args, self.timeout).await
     }
 
+    /// Runs the CLI once and records the call in the CLI metrics.
     async fn run_within(&self, args: &[OsString], timeout: Duration) -> Result<Output, CliError> {
+        let started = Instant::now();
+        let result = self.spawn_and_wait(args, timeout).await;
+        let label = match &result {
+            Ok(output) if output.status.success() => "success",
+            Ok(_) => "failed",
+            Err(CliError::TimedOut { .. }) => "timeout",
+            Err(_) => "spawn_failed",
+        };
+        metrics::record_cli_call(metrics::cli_command(args), label, started.elapsed());
+        result
+    }
+
+    async fn spawn_and_wait(
+        &self,
+        args: &[OsString],
+        timeout: Duration,
+    ) -> Result<Output, CliError> {
         let mut command = Command::new(&self.path);
         command
             .args(args)

@@ -1,14 +1,16 @@
 //! Nomad's BasePlugin service.
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::config::PluginConfig;
-use crate::driver::{Driver, PLUGIN_API_VERSION};
+use crate::driver::{ConfigError, Driver, PLUGIN_API_VERSION};
+use crate::metrics_endpoint::EndpointError;
 use crate::node::NodeInfo;
 use crate::proto::base::{
     ConfigSchemaRequest, ConfigSchemaResponse, PluginInfoRequest, PluginInfoResponse, PluginType,
     SetConfigRequest, SetConfigResponse, base_plugin_server::BasePlugin,
 };
+use crate::task::error_chain;
 use crate::{DRIVER_NAME, DRIVER_VERSION};
 
 pub struct BasePluginService {
@@ -64,10 +66,23 @@ impl BasePlugin for BasePluginService {
             self.driver
                 .set_node_info(NodeInfo::from_proto(nomad_config));
         }
+        let long_lived = request.nomad_config.is_some();
         self.driver
-            .set_config(&request.msgpack_config)
+            .set_config(&request.msgpack_config, long_lived)
+            .await
             .map_err(|error| {
-                Status::invalid_argument(format!("invalid {DRIVER_NAME} plugin config: {error}"))
+                // The endpoint's message gets its causes, such as "Address already in use",
+                // while a decode message is complete on its own.
+                match &error {
+                    ConfigError::Invalid(_) => Status::invalid_argument(error.to_string()),
+                    ConfigError::Metrics(endpoint) => {
+                        let code = match endpoint {
+                            EndpointError::Change { .. } => Code::FailedPrecondition,
+                            EndpointError::Start { .. } => Code::Unavailable,
+                        };
+                        Status::new(code, error_chain(endpoint))
+                    }
+                }
             })?;
         Ok(Response::new(SetConfigResponse {}))
     }

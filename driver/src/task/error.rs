@@ -75,6 +75,26 @@ impl TaskError {
         }
     }
 
+    /// Returns the `result` label of a failed start, one of
+    /// [`crate::metrics::START_RESULTS`].
+    pub fn start_result(&self) -> &'static str {
+        match self {
+            Self::InvalidConfig(_) | Self::InvalidTask(_) => "invalid_config",
+            Self::AlreadyStarted(_) => "already_started",
+            Self::NameTaken { .. } => "name_taken",
+            Self::Cli(error) if error.kind() == FailureKind::ImageMissing => "image_missing",
+            Self::Cli(_) => "cli_error",
+            Self::NotStarted { .. } => "not_started",
+            Self::Publish { .. } => "publish_failed",
+            Self::BindAddress(_) => "no_bind_address",
+            Self::State { .. } => "state_error",
+            Self::NotFound(_)
+            | Self::InvalidHandle(_)
+            | Self::StillRunning(_)
+            | Self::ExecTimedOut(_) => "other",
+        }
+    }
+
     /// Converts to the status Nomad's client expects. A recoverable error carries a
     /// `RecoverableError` detail, without which Nomad fails the task for good.
     pub fn into_status(self) -> Status {
@@ -100,7 +120,7 @@ impl TaskError {
 }
 
 /// Joins an error and its sources into one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -94,7 +94,7 @@ pub async fn watch(task: Arc<Task>, cli: ContainerCli, events: broadcast::Sender
         "task exited"
     );
     task.close_listeners();
-    task.exit.send_replace(Some(exit));
+    task.record_exit(exit);
 }
 
 async fn wait_for_exit(

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, mpsc, watch};
@@ -18,6 +18,7 @@ use super::stats::{CpuSample, task_stats};
 use super::{Exit, Task, TaskError, TaskRegistry};
 use crate::config::{PluginConfig, TaskConfig as TaskOptions};
 use crate::container::{ContainerCli, ContainerState, FailureKind};
+use crate::metrics;
 use crate::node::NodeCompute;
 use crate::proto::drivers::{
     DriverTaskEvent, ExecTaskResponse, ExitResult, InspectTaskResponse, NetworkOverride,
@@ -88,8 +89,23 @@ impl Lifecycle {
         self.events.subscribe()
     }
 
-    /// Creates and starts the container, its supervisor and its listeners.
+    /// Creates and starts the container, its supervisor and its listeners, and counts
+    /// the start in the start metrics.
     pub async fn start(&self, context: &Context, config: TaskConfig) -> Result<Started, TaskError> {
+        let result = self.create_and_run(context, config).await;
+        let label = match &result {
+            Ok(_) => "started",
+            Err(error) => error.start_result(),
+        };
+        metrics::record_start(label);
+        result
+    }
+
+    async fn create_and_run(
+        &self,
+        context: &Context,
+        config: TaskConfig,
+    ) -> Result<Started, TaskError> {
         if self.tasks.get(&config.id).is_some() {
             return Err(TaskError::AlreadyStarted(config.id));
         }
@@ -193,7 +209,7 @@ impl Lifecycle {
 
         let ip = wait_running(cli, &state, context.config.command_timeout).await?;
         let (publication, network) = match ip {
-            Some(ip) => open_listeners(context, &state, bind_ip, ip)?,
+            Some(ip) => open_listeners(context, &config, &state, bind_ip, ip)?,
             None => (None, network_override(bind_ip, &state.ports)),
         };
         let handle = TaskHandle {
@@ -204,17 +220,19 @@ impl Lifecycle {
         };
         tracing::info!(task_id = %config.id, container = %state.container, ip = ?ip, "task started");
 
-        let task = self.register(config, state, network.clone(), publication);
+        let task = self.register(config, state, network.clone(), publication, true);
         tokio::spawn(exit::watch(task, cli.clone(), self.events.clone()));
         Ok(Started { handle, network })
     }
 
+    /// Adds a task to the registry, and to the running-tasks gauge when `running`.
     fn register(
         &self,
         config: TaskConfig,
         state: DriverState,
         network: NetworkOverride,
         publication: Option<Publication>,
+        running: bool,
     ) -> Arc<Task> {
         let (exit, _) = watch::channel(None);
         let task = Arc::new(Task {
@@ -225,7 +243,11 @@ impl Lifecycle {
             exit,
             publication: Mutex::new(publication),
             last_memory_bytes: AtomicU64::new(0),
+            counted_running: AtomicBool::new(running),
         });
+        if running {
+            metrics::change_running(1.0);
+        }
         self.tasks.insert(task.clone());
         task
     }
@@ -234,14 +256,31 @@ impl Lifecycle {
     /// running gets new listeners (its address may have changed) and a new watcher. A
     /// container that stopped without a recorded exit is started again when
     /// `recover_stopped` is set. Any other stopped or missing container is registered
-    /// as exited, so WaitTask reports it and Nomad applies the restart policy.
+    /// as exited, so WaitTask reports it and Nomad applies the restart policy. Each call
+    /// counts in the recovery metrics.
     pub async fn recover(&self, context: &Context, handle: TaskHandle) -> Result<(), TaskError> {
+        let result = self.rebuild(context, handle).await;
+        let label = match &result {
+            Ok(label) => label,
+            Err(_) => "failed",
+        };
+        metrics::record_recovery(label);
+        result.map(drop)
+    }
+
+    /// Does the work of [`Lifecycle::recover`] and returns its `result` label, one of
+    /// [`metrics::RECOVERY_RESULTS`].
+    async fn rebuild(
+        &self,
+        context: &Context,
+        handle: TaskHandle,
+    ) -> Result<&'static str, TaskError> {
         let config = handle
             .config
             .clone()
             .ok_or_else(|| TaskError::InvalidHandle("the handle has no task config".into()))?;
         if self.tasks.get(&config.id).is_some() {
-            return Ok(());
+            return Ok("known");
         }
         let state = DriverState::decode(handle.version, &handle.driver_state)?;
         let cli = context.cli();
@@ -262,10 +301,10 @@ impl Lifecycle {
                 let _ = std::fs::remove_file(state.state_dir.join(file));
             }
             self.run_task(context, &cli, config, state, bind_ip).await?;
-            return Ok(());
+            return Ok("restarted");
         }
         let Some(ip) = running else {
-            let task = self.register(config, state, NetworkOverride::default(), None);
+            let task = self.register(config, state, NetworkOverride::default(), None, false);
             let exit = match supervisor::read_exit_code(&task.state.state_dir) {
                 Some(status) => Exit {
                     result: exit::exit_from_status(status, 0, task.state.memory_bytes),
@@ -285,16 +324,16 @@ impl Lifecycle {
                 }
             };
             tracing::info!(task_id = %task.id, container = %task.state.container, "recovered task has exited");
-            task.exit.send_replace(Some(exit));
-            return Ok(());
+            task.record_exit(exit);
+            return Ok("exited");
         };
 
         let bind_ip = bind_ip_for(context, &state.ports)?;
-        let (publication, network) = open_listeners(context, &state, bind_ip, ip)?;
+        let (publication, network) = open_listeners(context, &config, &state, bind_ip, ip)?;
         tracing::info!(task_id = %config.id, container = %state.container, ip = %ip, "task recovered");
-        let task = self.register(config, state, network, publication);
+        let task = self.register(config, state, network, publication, true);
         tokio::spawn(exit::watch(task, cli, self.events.clone()));
-        Ok(())
+        Ok("running")
     }
 
     /// Waits until the task exits and returns how.
@@ -356,6 +395,8 @@ impl Lifecycle {
         }
         stop_supervisor(&task.state.state_dir);
         self.tasks.remove(id);
+        // Normally the exit is recorded by now, but not when the CLI hangs.
+        task.leave_running();
         tracing::info!(task_id = %id, container = %task.state.container, "task destroyed");
         Ok(())
     }
@@ -556,13 +597,14 @@ fn bind_ip_for(context: &Context, ports: &[PortBinding]) -> Result<Option<IpAddr
 /// Opens the task's listeners towards `ip` and returns them with the driver network.
 fn open_listeners(
     context: &Context,
+    config: &TaskConfig,
     state: &DriverState,
     bind_ip: Option<IpAddr>,
     ip: std::net::Ipv4Addr,
 ) -> Result<(Option<Publication>, NetworkOverride), TaskError> {
     let publication = match bind_ip {
         Some(bind_ip) => publish::publish(
-            &state.container,
+            config,
             bind_ip,
             ip,
             &state.ports,

@@ -25,18 +25,20 @@ mod spec;
 mod state;
 mod stats;
 
+pub(crate) use error::error_chain;
 pub use error::{TaskError, status_is_recoverable};
 pub use lifecycle::{Context, Lifecycle, Started};
 pub use spec::container_name;
 pub use state::DriverState;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::metrics;
 use crate::proto::drivers::{ExitResult, NetworkOverride, TaskConfig};
 use publish::Publication;
 
@@ -52,6 +54,8 @@ pub struct Task {
     publication: Mutex<Option<Publication>>,
     /// Memory use in bytes of the latest stats sample, the evidence for an OOM kill.
     last_memory_bytes: AtomicU64,
+    /// Whether the task counts in the running-tasks gauge (see [`Task::leave_running`]).
+    counted_running: AtomicBool,
 }
 
 /// End of a task: its exit result and time.
@@ -78,6 +82,31 @@ impl Task {
 
     fn last_memory(&self) -> u64 {
         self.last_memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records the exit, counts it in the exit metrics and takes the task out of the
+    /// running-tasks gauge. Only the first exit of a task counts.
+    fn record_exit(&self, exit: Exit) {
+        let result = exit_result(&exit);
+        let first = self.exit.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(exit);
+            true
+        });
+        if first {
+            metrics::record_exit(result);
+        }
+        self.leave_running();
+    }
+
+    /// Takes the task out of the running-tasks gauge, once: at its exit, or when it is
+    /// destroyed without a recorded exit.
+    fn leave_running(&self) {
+        if self.counted_running.swap(false, Ordering::Relaxed) {
+            metrics::change_running(-1.0);
+        }
     }
 
     /// Closes the task's listeners; later calls do nothing.
@@ -121,5 +150,21 @@ impl TaskRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Returns the `result` label of an exit, one of [`metrics::EXIT_RESULTS`].
+fn exit_result(exit: &Exit) -> &'static str {
+    let result = &exit.result;
+    if exit.unknown_reason.is_some() {
+        "unknown"
+    } else if result.oom_killed {
+        "oom_killed"
+    } else if result.signal != 0 {
+        "signal"
+    } else if result.exit_code == 0 {
+        "exit_zero"
+    } else {
+        "exit_nonzero"
     }
 }

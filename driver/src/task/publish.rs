@@ -2,7 +2,8 @@
 //!
 //! Each published port gets its own `styx_proxy` server, and a task's servers share
 //! one stop token, so closing one task's listeners leaves the others serving. Apple's own `--publish`
-//! forwarder is not used: it binds 0.0.0.0 by default and has no metrics.
+//! forwarder is not used: it binds 0.0.0.0 by default and has no metrics. Each listener
+//! is named by [`crate::metrics::listener_name`], the `listener` label of its metrics.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -13,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::TaskError;
 use super::spec::PortBinding;
 use crate::config::BindAddress;
+use crate::metrics;
+use crate::proto::drivers::TaskConfig;
 
 /// How long closing a task's listeners waits for open connections to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,11 +33,11 @@ impl Publication {
     }
 }
 
-/// Binds one listener per binding, forwarding to `container_ip`, and starts serving.
-/// Each listener is its own server, so a bind error names its port. Nothing keeps
-/// listening when one of them fails.
+/// Binds one listener per binding of the task `config`, forwarding to `container_ip`,
+/// and starts serving. Each listener is its own server, so a bind error names its port.
+/// Nothing keeps listening when one of them fails.
 pub fn publish(
-    container: &str,
+    config: &TaskConfig,
     bind_ip: IpAddr,
     container_ip: Ipv4Addr,
     bindings: &[PortBinding],
@@ -48,7 +51,7 @@ pub fn publish(
     for binding in bindings {
         let addr = SocketAddr::new(bind_ip, binding.host_port);
         let mut listener = ListenerConfig::new(
-            format!("{container}/{}", binding.label),
+            metrics::listener_name(config, &binding.label),
             addr,
             vec![SocketAddr::new(container_ip.into(), binding.container_port)],
         );
