@@ -4,6 +4,7 @@
 //! - [`nomad`]: starts `styx-driver` the way a Nomad client does, checks the handshake
 //!   line, connects over the unix socket and returns gRPC clients built from the
 //!   driver's own protos.
+//! - [`prometheus`]: scrapes a metrics endpoint and parses the Prometheus text format.
 //! - [`cty`]: encodes HCL-like config values into the cty-msgpack bytes Nomad sends in
 //!   `SetConfig` and `StartTask`, following hcldec's rules for a given hclspec.
 //! - [`task`]: what a Nomad client prepares for a task: alloc dirs, log FIFOs with
@@ -28,5 +29,6 @@
 pub mod cty;
 pub mod fake_container;
 pub mod nomad;
+pub mod prometheus;
 pub mod sim;
 pub mod task;

@@ -112,6 +112,22 @@ pub async fn launch_plugin(
     extra_env: &[(String, String)],
     recover_stopped: bool,
 ) -> Plugin {
+    let plugin = launch_unconfigured(binary, dir, sim, extra_env).await;
+    let body = Value::object(plugin_options(sim, recover_stopped));
+    set_plugin_config(&plugin, &body)
+        .await
+        .expect("config accepted");
+    plugin
+}
+
+/// Launches the plugin with the simulator's environment, without SetConfig, for tests
+/// that send their own config with [`set_plugin_config`].
+pub async fn launch_unconfigured(
+    binary: &Path,
+    dir: &Path,
+    sim: &Simulator,
+    extra_env: &[(String, String)],
+) -> Plugin {
     let mut env = sim.env();
     env.extend(extra_env.iter().cloned());
     let options = LaunchOptions {
@@ -119,19 +135,15 @@ pub async fn launch_plugin(
         env,
         ..LaunchOptions::default()
     };
-    let plugin = Plugin::start(binary, &options)
+    Plugin::start(binary, &options)
         .await
-        .expect("plugin starts");
+        .expect("plugin starts")
+}
 
-    let schema = plugin
-        .base()
-        .config_schema(ConfigSchemaRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .spec
-        .unwrap();
-    let body = Value::object([
+/// Plugin options that make the plugin use `sim`: container path, loopback bind
+/// address and a 20 s command timeout. Tests add options to the list.
+pub fn plugin_options(sim: &Simulator, recover_stopped: bool) -> Vec<(&'static str, Value)> {
+    vec![
         (
             "container_path",
             Value::string(sim.binary().to_str().expect("UTF-8 path")),
@@ -139,13 +151,25 @@ pub async fn launch_plugin(
         ("bind_address", Value::string("127.0.0.1")),
         ("command_timeout", Value::string("20s")),
         ("recover_stopped", Value::Bool(recover_stopped)),
-    ]);
+    ]
+}
+
+/// Sends SetConfig with `body` as the agent sends it to the plugin that runs tasks,
+/// with the node's ports and a 4-core CPU topology.
+pub async fn set_plugin_config(plugin: &Plugin, body: &Value) -> Result<(), tonic::Status> {
+    let schema = plugin
+        .base()
+        .config_schema(ConfigSchemaRequest {})
+        .await?
+        .into_inner()
+        .spec
+        .expect("the plugin has a config schema");
     let core = ClientTopologyCore {
         base_speed: 2000,
         ..ClientTopologyCore::default()
     };
     let request = SetConfigRequest {
-        msgpack_config: encode_with_spec(&schema, &body).unwrap(),
+        msgpack_config: encode_with_spec(&schema, body).expect("config matches the schema"),
         nomad_config: Some(NomadConfig {
             driver: Some(NomadDriverConfig {
                 client_min_port: 14000,
@@ -158,10 +182,5 @@ pub async fn launch_plugin(
         }),
         plugin_api_version: "v0.1.0".to_owned(),
     };
-    plugin
-        .base()
-        .set_config(request)
-        .await
-        .expect("config accepted");
-    plugin
+    plugin.base().set_config(request).await.map(drop)
 }
