@@ -146,7 +146,18 @@ fn recorded_exit(task: &Task, dir: &Path) -> Option<Exit> {
     })
 }
 
+/// Builds the exit of a task whose exit code is unknown: code 0 and no signal, with
+/// `reason`, which must not be empty, returned in WaitTask's `err`.
+///
+/// Nomad 2.0.6-dev counts such an exit as a failure. `handleWaitTask` in
+/// `plugins/drivers/client.go` turns a non-empty `err` into the exit's error, and
+/// `ExitResult.Successful` in `plugins/drivers/driver.go` is false for an exit with an
+/// error. The restart tracker (`GetState` in
+/// `client/allocrunner/taskrunner/restarts/restarts.go`) therefore applies the restart
+/// policy to a batch task instead of letting it complete. A service task gets the
+/// restart policy after every exit, successful or not.
 pub fn unknown_exit(reason: String) -> Exit {
+    debug_assert!(!reason.is_empty(), "an unknown exit needs a reason");
     Exit {
         result: ExitResult::default(),
         at: SystemTime::now(),
