@@ -2,8 +2,10 @@
 //! and the JSON layouts of each CLI generation that the driver parses. It also checks
 //! that `start --attach` ends when its container disappears before an exit is recorded.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use styx_tests::nomad::send_signal;
@@ -194,21 +196,22 @@ fn logs_tail_drops_blank_lines() {
     assert!(stderr(&missing).starts_with("Error: failed to get logs for container ghost"));
 }
 
-/// Creates container `web` running for a minute, starts it with `start --attach`, and
-/// returns the attached CLI once the image process runs.
-fn attach_long_runner(sim: &Simulator) -> Child {
+/// Creates container `web` that writes `out N` and `err N` every 100 ms, starts it
+/// with `start --attach`, and returns the attached CLI once its first line arrives.
+/// That line shows the CLI is past starting and copies the container's output. A
+/// thread keeps reading the CLI's stdout, so `Child::stdout` is `None`.
+fn attach_chatter(sim: &Simulator) -> Child {
     let created = sim.run([
         "create",
         "--name",
         "web",
         "--memory",
         "256m",
-        "styx/exit",
-        "0",
-        "60000",
+        "styx/chatter",
+        "100",
     ]);
     assert!(created.status.success(), "{}", stderr(&created));
-    let attached = Command::new(sim.binary())
+    let mut attached = Command::new(sim.binary())
         .args(["start", "--attach", "web"])
         .envs(sim.env())
         .stdout(Stdio::piped())
@@ -216,11 +219,19 @@ fn attach_long_runner(sim: &Simulator) -> Child {
         .spawn()
         .unwrap();
 
-    let image_pid = sim.state().join("containers/web/image.pid");
-    let deadline = Instant::now() + HANG_LIMIT;
-    while !image_pid.exists() {
-        assert!(Instant::now() < deadline, "container web did not start");
-        std::thread::sleep(Duration::from_millis(10));
+    let (sender, lines) = mpsc::channel();
+    let stdout = attached.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    match lines.recv_timeout(HANG_LIMIT) {
+        Ok(line) => assert_eq!(line, "out 0"),
+        Err(error) => {
+            let _ = attached.kill();
+            panic!("no output from start --attach: {error}");
+        }
     }
     attached
 }
@@ -256,15 +267,16 @@ fn assert_no_processes_left(sim: &Simulator) {
 fn attach_ends_when_state_removed() {
     let dir = tempfile::tempdir().unwrap();
     let sim = simulator(&dir);
-    let attached = attach_long_runner(&sim);
+    let attached = attach_chatter(&sim);
 
     std::fs::remove_dir_all(sim.state()).unwrap();
     let output = output_within_limit(attached);
 
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    // The container's own stderr lines come first.
     assert_eq!(
-        stderr(&output).trim_end(),
-        "Error: get failed: container web not found"
+        stderr(&output).lines().last(),
+        Some("Error: get failed: container web not found")
     );
     // The monitor ends the image once its folder is gone.
     assert_no_processes_left(&sim);
@@ -274,7 +286,7 @@ fn attach_ends_when_state_removed() {
 fn attach_ends_when_container_folder_removed() {
     let dir = tempfile::tempdir().unwrap();
     let sim = simulator(&dir);
-    let attached = attach_long_runner(&sim);
+    let attached = attach_chatter(&sim);
 
     std::fs::remove_dir_all(sim.state().join("containers/web")).unwrap();
     let output = output_within_limit(attached);
@@ -294,7 +306,7 @@ fn attach_ends_when_container_folder_removed() {
 fn attach_ends_when_monitor_killed() {
     let dir = tempfile::tempdir().unwrap();
     let sim = simulator(&dir);
-    let attached = attach_long_runner(&sim);
+    let attached = attach_chatter(&sim);
     let container = sim.state().join("containers/web");
     let read_pid = |file: &str| -> u32 {
         let text = std::fs::read_to_string(container.join(file)).unwrap();
@@ -306,8 +318,10 @@ fn attach_ends_when_monitor_killed() {
 
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_eq!(
-        stderr(&output).trim_end(),
-        "Error: internalError: \"the runtime helper of container web exited without recording its exit status\""
+        stderr(&output).lines().last(),
+        Some(
+            "Error: internalError: \"the runtime helper of container web exited without recording its exit status\""
+        )
     );
     let inspected = stdout(&sim.run(["inspect", "web"]));
     assert!(inspected.contains("\"state\" : \"stopped\""), "{inspected}");

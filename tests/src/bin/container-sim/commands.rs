@@ -538,6 +538,9 @@ fn launch(store: &Store, id: &str) -> Result<Child, Failure> {
     // as when its container's folder vanished, never reports.
     let deadline = Instant::now() + IMAGE_START_WAIT;
     while !dir.join("image.pid").exists() && !dir.join("exit").exists() {
+        if !store.exists(id) {
+            return Err(lost_container(id, true));
+        }
         let monitor_exited = monitor.try_wait()?.is_some();
         if monitor_exited || Instant::now() >= deadline {
             return Err(Failure::runtime(format!(
@@ -600,8 +603,8 @@ fn exit_code(status: i64) -> ExitCode {
     ExitCode::from(u8::try_from(status).unwrap_or(1))
 }
 
-/// Returns the error of an attached `start` whose container disappeared before its
-/// exit status was recorded.
+/// Returns the error of a `start` whose container disappeared before its exit status
+/// was recorded.
 ///
 /// NOTE: what Apple's CLI prints here is not known. A removed container gets the text
 /// of `start` on a missing container, and a monitor that died gets a message of the
