@@ -70,6 +70,8 @@ impl Driver {
         tracing::info!(
             container_path = %config.container_path.display(),
             port_offset = config.port_offset,
+            metrics_address = ?config.metrics_address,
+            long_lived,
             "plugin config applied"
         );
         self.config.send_replace(Arc::new(config));

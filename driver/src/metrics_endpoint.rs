@@ -35,8 +35,8 @@ pub enum EndpointError {
     /// An earlier SetConfig fixed another value for this process.
     #[error(
         "metrics_address cannot change while the plugin runs: it is {}, and the new config asks for {}; restart the plugin to apply it",
-        describe(*current),
-        describe(*requested)
+        display_value(*current),
+        display_value(*requested)
     )]
     Change {
         current: Option<SocketAddr>,
@@ -44,7 +44,7 @@ pub enum EndpointError {
     },
 }
 
-fn describe(addr: Option<SocketAddr>) -> String {
+fn display_value(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "empty (no endpoint)".to_owned(), |addr| addr.to_string())
 }
 
@@ -71,6 +71,9 @@ pub async fn apply(requested: Option<SocketAddr>) -> Result<(), EndpointError> {
         return Err(EndpointError::Change { current, requested });
     }
 
+    // NOTE: an address that is not on an interface yet, such as a Tailscale address
+    // before Tailscale is up, fails here and rejects the config. Retrying the bind in
+    // the background would keep the plugin up, at the cost of the error Nomad shows.
     if let Some(addr) = requested {
         let buckets = [(
             CONTAINER_CLI_DURATION_SECONDS,
