@@ -10,6 +10,7 @@
 //! - [`task`]: what a Nomad client prepares for a task: alloc dirs, log FIFOs with
 //!   readers, and the TaskConfig message.
 //! - [`sim`]: a handle on the `container-sim` simulator's state directory.
+//! - [`published`]: reaching a task's echo server through its published port.
 //! - [`fake_container`]: a minimal stand-in for Apple's `container` CLI that handles
 //!   only the fingerprint probes.
 //!
@@ -30,5 +31,6 @@ pub mod cty;
 pub mod fake_container;
 pub mod nomad;
 pub mod prometheus;
+pub mod published;
 pub mod sim;
 pub mod task;

@@ -4,7 +4,6 @@
 //! Every endpoint binds 127.0.0.1. Timeouts only stop a hung test; no test asserts a
 //! speed.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use styx_proxy::metrics::{BYTES_TOTAL, CONNECTIONS_TOTAL};
 use styx_tests::cty::{Value, encode_with_spec};
 use styx_tests::nomad::{Plugin, send_signal};
 use styx_tests::prometheus::{Sample, parse, scrape, value};
+use styx_tests::published::{echo, published_addr, wait_for_echo};
 use styx_tests::sim::{Simulator, launch_unconfigured, plugin_options, set_plugin_config};
 use styx_tests::task::{Port, PreparedTask, TaskSpec, free_port, prepare};
 use tonic::Code;
@@ -168,46 +168,6 @@ async fn wait_for_value(
     }
 }
 
-fn published_addr(response: &StartTaskResponse) -> SocketAddr {
-    let network = response.network_override.as_ref().expect("driver network");
-    let port = u16::try_from(network.port_map["echo"]).unwrap();
-    SocketAddr::new(network.addr.parse().unwrap(), port)
-}
-
-/// Sends `payload` through the echo task at `addr`, half-closes, and returns what came
-/// back. Returns an error, without retrying, when anything fails.
-fn echo(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut writer = stream.try_clone()?;
-    let payload = payload.to_vec();
-    // Writing on its own thread keeps a large payload from filling both directions'
-    // buffers while nothing reads.
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        writer.write_all(&payload)?;
-        writer.shutdown(std::net::Shutdown::Write)
-    });
-    let mut reply = Vec::new();
-    let read = stream.read_to_end(&mut reply);
-    sender.join().expect("sender thread ends")?;
-    read?;
-    Ok(reply)
-}
-
-/// Waits until the echo server in the container returns a probe.
-fn wait_for_echo(addr: SocketAddr) {
-    let deadline = Instant::now() + HANG_TIMEOUT;
-    loop {
-        match echo(addr, b"ping") {
-            Ok(reply) if reply == b"ping" => return,
-            other => {
-                assert!(Instant::now() < deadline, "no echo from {addr}: {other:?}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
 fn payload() -> Vec<u8> {
     (0..PAYLOAD_BYTES)
         .map(|index| (index % 251) as u8)
@@ -232,8 +192,8 @@ async fn endpoint_follows_task_lifecycle() {
 
     let (spec, prepared, response) = node.start_echo("echo").await;
     let listener = "default/job/group/echo/echo";
-    let published = published_addr(&response);
-    tokio::task::spawn_blocking(move || wait_for_echo(published))
+    let published = published_addr(&response, "echo");
+    tokio::task::spawn_blocking(move || wait_for_echo(published, HANG_TIMEOUT))
         .await
         .unwrap();
 
@@ -378,8 +338,8 @@ async fn relaunched_plugin_counts_recovery() {
     );
 
     // The recovered listener keeps the name of the first one.
-    let published = published_addr(&response);
-    tokio::task::spawn_blocking(move || wait_for_echo(published))
+    let published = published_addr(&response, "echo");
+    tokio::task::spawn_blocking(move || wait_for_echo(published, HANG_TIMEOUT))
         .await
         .unwrap();
     let page = samples(metrics).await;

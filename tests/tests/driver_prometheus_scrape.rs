@@ -10,18 +10,16 @@
 #[path = "../../proxy/tests/prometheus/mod.rs"]
 mod prometheus;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::{Prometheus, single_value, value_equal_to};
 use styx_driver::metrics::{CONTAINER_CLI_DURATION_SECONDS, TASKS_RUNNING};
-use styx_driver::proto::drivers::{
-    DestroyTaskRequest, StartTaskRequest, StartTaskResponse, TaskConfigSchemaRequest,
-};
+use styx_driver::proto::drivers::{DestroyTaskRequest, StartTaskRequest, TaskConfigSchemaRequest};
 use styx_proxy::metrics::BYTES_TOTAL;
 use styx_tests::cty::{Value, encode_with_spec};
+use styx_tests::published::{echo, published_addr, wait_for_echo};
 use styx_tests::sim::{Simulator, launch_unconfigured, plugin_options, set_plugin_config};
 use styx_tests::task::{Port, TaskSpec, free_port, prepare};
 
@@ -72,47 +70,7 @@ async fn start_echo_task(plugin: &styx_tests::nomad::Plugin, dir: &Path) -> (Str
         .expect("StartTask returns")
         .expect("StartTask succeeds")
         .into_inner();
-    (prepared.config.id, published_addr(&response))
-}
-
-fn published_addr(response: &StartTaskResponse) -> SocketAddr {
-    let network = response.network_override.as_ref().expect("driver network");
-    let port = u16::try_from(network.port_map["echo"]).expect("port fits in u16");
-    SocketAddr::new(network.addr.parse().expect("driver address is an IP"), port)
-}
-
-/// Sends `payload` through the echo task at `addr`, half-closes, and returns what came
-/// back.
-fn echo(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut writer = stream.try_clone()?;
-    let payload = payload.to_vec();
-    // Writing on its own thread keeps a large payload from filling both directions'
-    // buffers while nothing reads.
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        writer.write_all(&payload)?;
-        writer.shutdown(std::net::Shutdown::Write)
-    });
-    let mut reply = Vec::new();
-    let read = stream.read_to_end(&mut reply);
-    sender.join().expect("sender thread ends")?;
-    read?;
-    Ok(reply)
-}
-
-/// Waits until the echo server in the container echoes a probe.
-fn wait_for_echo(addr: SocketAddr) {
-    let deadline = Instant::now() + HANG_TIMEOUT;
-    loop {
-        match echo(addr, b"ping") {
-            Ok(reply) if reply == b"ping" => return,
-            other => {
-                assert!(Instant::now() < deadline, "no echo from {addr}: {other:?}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+    (prepared.config.id, published_addr(&response, "echo"))
 }
 
 /// Returns the driver's current value of the bytes counter for `direction`.
@@ -143,7 +101,7 @@ async fn prometheus_scrapes_driver_metrics() {
         .expect("config with metrics_address accepted");
 
     let (task_id, published) = start_echo_task(&plugin, dir.path()).await;
-    tokio::task::spawn_blocking(move || wait_for_echo(published))
+    tokio::task::spawn_blocking(move || wait_for_echo(published, HANG_TIMEOUT))
         .await
         .expect("probe thread ends");
 

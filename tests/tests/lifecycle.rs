@@ -20,6 +20,7 @@ use styx_driver::proto::hclspec::Spec;
 use styx_driver::task::status_is_recoverable;
 use styx_tests::cty::{Value, encode_with_spec};
 use styx_tests::nomad::{Plugin, send_signal};
+use styx_tests::published::{published_addr, wait_for_echo};
 use styx_tests::sim::{Simulator, launch_plugin};
 use styx_tests::task::{Port, PreparedTask, TaskSpec, free_port, prepare};
 use tonic::{Code, Status, Streaming};
@@ -222,15 +223,6 @@ fn try_http_get(addr: SocketAddr) -> std::io::Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
-}
-
-fn published_addr(response: &StartTaskResponse, label: &str) -> SocketAddr {
-    let network = response
-        .network_override
-        .as_ref()
-        .expect("driver network is set");
-    let port = network.port_map[label];
-    SocketAddr::new(network.addr.parse().unwrap(), u16::try_from(port).unwrap())
 }
 
 /// Kills a task's supervisor with SIGKILL, so that nothing records the exit.
@@ -804,33 +796,10 @@ async fn thirty_tasks_recover_together() {
 
     for (prepared, response) in &tasks {
         let addr = published_addr(response, "echo");
-        let echoed = tokio::task::spawn_blocking(move || echo_once(addr))
+        tokio::task::spawn_blocking(move || wait_for_echo(addr, HANG_TIMEOUT))
             .await
             .unwrap();
-        assert_eq!(echoed, b"ping");
         harness.destroy(&prepared.config.id).await;
-    }
-}
-
-fn echo_once(addr: SocketAddr) -> Vec<u8> {
-    let deadline = Instant::now() + HANG_TIMEOUT;
-    loop {
-        let attempt = (|| -> std::io::Result<Vec<u8>> {
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            stream.write_all(b"ping")?;
-            stream.shutdown(std::net::Shutdown::Write)?;
-            let mut reply = Vec::new();
-            stream.read_to_end(&mut reply)?;
-            Ok(reply)
-        })();
-        match attempt {
-            Ok(reply) if !reply.is_empty() => return reply,
-            other => {
-                assert!(Instant::now() < deadline, "no echo from {addr}: {other:?}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
     }
 }
 
