@@ -6,8 +6,14 @@
 //! read with a timeout and a size cap, then a response with `Content-Length` and
 //! `Connection: close`. It is not a general HTTP server: no keep-alive, no chunked
 //! bodies, no TLS.
+//!
+//! Connections that send nothing must not keep a scraper out. Every connection is
+//! accepted at once, and at most [`MAX_PENDING_REQUESTS`] may wait for their request
+//! head. When one more arrives, the oldest waiting connection is closed. Only rendering
+//! the page is limited to a few at a time.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -28,46 +34,61 @@ const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Time a client has to send its whole request head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Scrapes served at once; further clients wait in the listen backlog.
-const MAX_CONCURRENT_SCRAPES: usize = 4;
+/// Most connections waiting for their request head at once. A scraper gets through
+/// unless this many new connections arrive in the time it takes to send its request.
+const MAX_PENDING_REQUESTS: usize = 64;
+
+/// Pages rendered at once; further requests wait for a turn.
+const MAX_CONCURRENT_RENDERS: usize = 4;
 
 /// Serves `handle`'s page on `listener` until the runtime ends.
 pub(crate) async fn serve(listener: TcpListener, handle: PrometheusHandle) {
-    let scrapes = Arc::new(Semaphore::new(MAX_CONCURRENT_SCRAPES));
+    let renders = Arc::new(Semaphore::new(MAX_CONCURRENT_RENDERS));
+    let pending = Arc::new(Mutex::new(Pending::default()));
     let mut acceptor = Acceptor::new(METRICS_LISTENER);
     // The endpoint lives as long as the process, so nothing cancels this token.
     let never = CancellationToken::new();
     loop {
-        let permit = scrapes
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the scrape semaphore is never closed");
         let Some((stream, peer)) = acceptor.accept(&listener, &never).await else {
             return;
         };
+        let admission = Admission::new(&pending);
 
         let handle = handle.clone();
+        let renders = Arc::clone(&renders);
         tokio::spawn(async move {
-            if let Err(error) = respond(stream, &handle).await {
+            if let Err(error) = respond(stream, admission, &renders, &handle).await {
                 tracing::debug!(%peer, %error, "Failed to respond to a metrics request");
             }
-            drop(permit);
         });
     }
 }
 
 /// Reads one request from `stream` and writes the response.
-async fn respond(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
-        Ok(head) => head?,
-        Err(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "timed out reading the request",
+async fn respond(
+    mut stream: TcpStream,
+    admission: Admission,
+    renders: &Semaphore,
+    handle: &PrometheusHandle,
+) -> std::io::Result<()> {
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream));
+    let head = tokio::select! {
+        () = admission.evicted.cancelled() => {
+            return Err(std::io::Error::other(
+                "closed before its request arrived, to make room for a newer connection",
             ));
         }
+        head = read => match head {
+            Ok(head) => head?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out reading the request",
+                ));
+            }
+        },
     };
+    drop(admission);
 
     let response = match head {
         None => response(
@@ -75,10 +96,63 @@ async fn respond(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::R
             "Request Header Fields Too Large",
             "request too large\n",
         ),
-        Some(head) => route(&head, handle),
+        Some(head) => {
+            let _turn = renders
+                .acquire()
+                .await
+                .expect("the render semaphore is never closed");
+            route(&head, handle)
+        }
     };
     stream.write_all(&response).await?;
     stream.shutdown().await
+}
+
+/// Connections still waiting for their request head, oldest first.
+#[derive(Debug, Default)]
+struct Pending {
+    next_id: u64,
+    waiting: VecDeque<(u64, CancellationToken)>,
+}
+
+/// One connection's place among the [`Pending`] ones. Dropping it gives the place up.
+struct Admission {
+    id: u64,
+    /// Cancelled when a newer connection needs the place.
+    evicted: CancellationToken,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Admission {
+    /// Takes a place for a new connection, closing the oldest waiting connection first
+    /// when all [`MAX_PENDING_REQUESTS`] places are taken.
+    fn new(pending: &Arc<Mutex<Pending>>) -> Admission {
+        let mut state = pending.lock().expect("pending lock is not poisoned");
+        if state.waiting.len() >= MAX_PENDING_REQUESTS
+            && let Some((_, oldest)) = state.waiting.pop_front()
+        {
+            oldest.cancel();
+        }
+
+        let id = state.next_id;
+        state.next_id += 1;
+        let evicted = CancellationToken::new();
+        state.waiting.push_back((id, evicted.clone()));
+        Admission {
+            id,
+            evicted,
+            pending: Arc::clone(pending),
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut state = self.pending.lock().expect("pending lock is not poisoned");
+        if let Some(index) = state.waiting.iter().position(|(id, _)| *id == self.id) {
+            state.waiting.remove(index);
+        }
+    }
 }
 
 /// Reads until the blank line that ends the request head. Returns `None` when the head

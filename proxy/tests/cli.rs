@@ -557,3 +557,58 @@ async fn second_sigterm_cuts_drain_short() {
     let read = within("the client to be reset", client.read_to_end(&mut rest)).await;
     assert!(read.is_err(), "client read {read:?} instead of a reset");
 }
+
+/// Connections that send nothing do not keep a scrape out: with 100 of them open, more
+/// than the endpoint lets wait, a scrape is still answered, and the oldest silent
+/// connections are the ones closed to make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_block_scrapes() {
+    let upstream = spawn_echo().await;
+    let listen = closed_port();
+    let metrics = closed_port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_styx-proxy"))
+        .args([
+            "run",
+            "--listen",
+            &listen.to_string(),
+            "--upstream",
+            &upstream.to_string(),
+        ])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("styx-proxy starts");
+    wait_listening(metrics).await;
+
+    let mut silent = connect_clients(metrics, 100).await;
+    assert_eq!(silent.len(), 100, "every silent connection was made");
+    let samples = scrape_child(metrics).await;
+    assert!(
+        value(&samples, styx_proxy::metrics::OPEN_FDS, &[]).is_some(),
+        "the scrape returned a metrics page"
+    );
+
+    use tokio::io::AsyncReadExt;
+    let mut oldest = silent.remove(0);
+    let mut byte = [0u8; 1];
+    let read = within(
+        "the oldest silent connection to close",
+        oldest.read(&mut byte),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "the oldest silent connection is still open: {read:?}"
+    );
+
+    drop(silent);
+    let output = terminate(child).await;
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
