@@ -80,6 +80,11 @@ impl Pool {
         }
     }
 
+    /// Returns how many connections the pool keeps ready.
+    pub fn size(&self) -> usize {
+        self.settings.size
+    }
+
     /// Returns how many connections are ready now.
     pub fn ready_count(&self) -> usize {
         self.lock().len()

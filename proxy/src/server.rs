@@ -170,7 +170,7 @@ impl Server {
                 %addr,
                 engine = shared.forward.engine.as_str(),
                 max_connections,
-                preconnect = shared.pool.is_some(),
+                preconnect = shared.pool.as_ref().map_or(0, |pool| pool.size()),
                 "Listening"
             );
             if let Some(pool) = &shared.pool {
