@@ -33,6 +33,15 @@ pub enum BenchError {
         source: io::Error,
     },
 
+    /// A scenario failed on one path; the source says how.
+    #[error("{scenario} failed on path {path:?}")]
+    Path {
+        scenario: &'static str,
+        path: String,
+        #[source]
+        source: Box<BenchError>,
+    },
+
     #[error("connecting to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
 

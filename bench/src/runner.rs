@@ -238,7 +238,13 @@ fn run_rounds(
         for offset in 0..targets.len() {
             let index = (round + offset) % targets.len();
             let target = &targets[index];
-            let sample = run_sample(group, plan, target, backend, runtime)?;
+            let sample = run_sample(group, plan, target, backend, runtime).map_err(|source| {
+                BenchError::Path {
+                    scenario: group.label(),
+                    path: target.name.clone(),
+                    source: Box::new(source),
+                }
+            })?;
             tracing::debug!(scenario = group.label(), path = %target.name, round, ?sample, "sample done");
             samples[index].push(sample);
         }

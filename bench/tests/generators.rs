@@ -323,3 +323,43 @@ fn request_response_rejects_altered_echo() {
 
     server.join().expect("server thread");
 }
+
+/// A peer that accepts no connections fails the run with an error that names the peer
+/// and the scenario, not only an address.
+#[test]
+fn dead_peer_named_in_error() {
+    let runtime = runtime();
+    let backend = start_backend(&runtime);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port");
+
+    let plan = Plan {
+        scenarios: [Scenario::RrP50].into_iter().collect(),
+        engines: Vec::new(),
+        peers: vec![Peer {
+            name: "gone".to_owned(),
+            addr: dead,
+            pids: Vec::new(),
+        }],
+        profile: Profile {
+            name: "tiny",
+            window: TINY,
+            warmup: TINY_WARMUP,
+            rounds: 1,
+        },
+        idle_connections: 10,
+        connect_clients: 2,
+    };
+    let error = run_plan(
+        &plan,
+        Path::new("/nonexistent/styx-proxy"),
+        &backend,
+        &runtime,
+    )
+    .expect_err("a dead peer fails the run");
+
+    let message = error.to_string();
+    assert!(message.contains("\"gone\""), "{message}");
+    assert!(message.contains("rr"), "{message}");
+}
