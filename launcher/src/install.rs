@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::files::{self, FileError};
 use crate::launchd;
-use crate::layout::Layout;
+use crate::layout::{Layout, STATE_FILE};
 use crate::state::NodeState;
 
 /// Failure to put a setup in place.
@@ -22,37 +22,164 @@ pub enum InstallError {
         root.display()
     )]
     Exists { root: PathBuf },
+    #[error(
+        "{} is {description}, not a Styx setup: choose another --prefix, such as a new or empty \
+         directory (--force replaces only a setup that Styx wrote, never other files)",
+        root.display()
+    )]
+    NotStyx { root: PathBuf, description: String },
     #[error(transparent)]
     File(#[from] FileError),
     #[error("{error}; {remains}")]
     Partial { error: FileError, remains: String },
 }
 
-/// Returns an error unless `layout` has no setup, or `force` allows replacing it.
+/// Contents of a node's data root before a new setup is written there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Existing {
+    /// The data root is missing or an empty directory, and no Styx plist exists.
+    Nothing,
+    /// A setup that Styx wrote: the data root contains `styx.toml` or only the agents
+    /// directory with Styx plists, or the data root is missing but Styx plists remain.
+    Setup,
+    /// A file, a symbolic link, or a directory with entries that Styx did not write,
+    /// described for the error message (such as "a directory that contains notes.txt").
+    Foreign { description: String },
+}
+
+/// Classifies the contents of the data root of `layout`.
 ///
-/// A setup exists when the data root is a non-empty directory or a Styx plist is present.
-pub fn check_existing(layout: &Layout, force: bool) -> Result<bool, InstallError> {
-    let exists = !files::is_missing_or_empty(&layout.root) || !existing_plists(layout).is_empty();
-    if exists && !force {
-        return Err(InstallError::Exists {
-            root: layout.root.clone(),
+/// Only `styx.toml` marks a setup, because every commit writes it together with the rest
+/// of the data root. A symbolic link is never taken for a setup: the commit would replace
+/// the link, not the directory it points to.
+pub fn inspect(layout: &Layout) -> Result<Existing, FileError> {
+    let root = &layout.root;
+    let metadata = match std::fs::symlink_metadata(root) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(if existing_plists(layout).is_empty() {
+                Existing::Nothing
+            } else {
+                Existing::Setup
+            });
+        }
+        Err(source) => {
+            return Err(FileError {
+                action: "read the metadata of",
+                path: root.clone(),
+                source,
+            });
+        }
+    };
+
+    if metadata.is_symlink() {
+        let target = std::fs::read_link(root)
+            .map(|target| format!(" to {}", target.display()))
+            .unwrap_or_default();
+        return Ok(Existing::Foreign {
+            description: format!("a symbolic link{target}"),
         });
     }
-    Ok(exists)
+    if !metadata.is_dir() {
+        return Ok(Existing::Foreign {
+            description: "a file".to_owned(),
+        });
+    }
+
+    let read_error = |source| FileError {
+        action: "read directory",
+        path: root.clone(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(read_error)? {
+        names.push(entry.map_err(read_error)?.file_name());
+    }
+    if names.iter().any(|name| name == STATE_FILE) {
+        return Ok(Existing::Setup);
+    }
+
+    let mut foreign: Vec<String> = names
+        .iter()
+        .filter(|name| !is_styx_agents_dir(layout, &root.join(name)))
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(if names.is_empty() && existing_plists(layout).is_empty() {
+            Existing::Nothing
+        } else {
+            Existing::Setup
+        });
+    }
+
+    foreign.sort();
+    Ok(Existing::Foreign {
+        description: format!(
+            "a directory that contains {} but no {STATE_FILE}",
+            list_names(&foreign)
+        ),
+    })
+}
+
+/// Returns an error unless `layout` has no setup, or `force` allows replacing the Styx
+/// setup there. Returns whether a setup exists.
+///
+/// Anything at the data root that Styx did not write is an error even with `force`, so
+/// `--force` never moves a user's files aside.
+pub fn check_existing(layout: &Layout, force: bool) -> Result<bool, InstallError> {
+    match inspect(layout)? {
+        Existing::Nothing => Ok(false),
+        Existing::Setup if force => Ok(true),
+        Existing::Setup => Err(InstallError::Exists {
+            root: layout.root.clone(),
+        }),
+        Existing::Foreign { description } => Err(InstallError::NotStyx {
+            root: layout.root.clone(),
+            description,
+        }),
+    }
+}
+
+/// Returns true when `path` is the agents directory and contains nothing but Styx plists.
+fn is_styx_agents_dir(layout: &Layout, path: &Path) -> bool {
+    if path != layout.launch_agents || !path.is_dir() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return false;
+    };
+    entries
+        .filter_map(Result::ok)
+        .all(|entry| is_styx_plist_name(&entry.file_name().to_string_lossy()))
+}
+
+fn is_styx_plist_name(name: &str) -> bool {
+    name.strip_prefix(launchd::LABEL_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.') && rest.ends_with(".plist"))
+}
+
+/// Formats up to three names, then how many more there are.
+fn list_names(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let shown = names[..names.len().min(SHOWN)].join(", ");
+    match names.len().saturating_sub(SHOWN) {
+        0 => shown,
+        1 => format!("{shown} and 1 more entry"),
+        more => format!("{shown} and {more} more entries"),
+    }
 }
 
 fn existing_plists(layout: &Layout) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(&layout.launch_agents) else {
         return Vec::new();
     };
-    let prefix = format!("{}.", launchd::LABEL_PREFIX);
     let mut plists: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| {
             path.file_name()
                 .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".plist"))
+                .is_some_and(is_styx_plist_name)
         })
         .collect();
     plists.sort();
@@ -121,7 +248,7 @@ impl Staging {
             Ok(backup) => backup,
             Err(error) => {
                 self.discard();
-                return Err(error.into());
+                return Err(error);
             }
         };
 
@@ -143,13 +270,23 @@ impl Staging {
         Ok(backup)
     }
 
-    fn move_existing_aside(&self) -> Result<Option<PathBuf>, FileError> {
+    fn move_existing_aside(&self) -> Result<Option<PathBuf>, InstallError> {
         let layout = &self.layout;
+
+        // Checked again because files may have appeared since `check_existing`: only a
+        // setup that Styx wrote is ever moved aside.
+        match inspect(layout)? {
+            Existing::Nothing => return Ok(None),
+            Existing::Setup => {}
+            Existing::Foreign { description } => {
+                return Err(InstallError::NotStyx {
+                    root: layout.root.clone(),
+                    description,
+                });
+            }
+        }
         let plists = existing_plists(layout);
         let root_used = !files::is_missing_or_empty(&layout.root);
-        if !root_used && plists.is_empty() {
-            return Ok(None);
-        }
 
         let backup = files::sibling_with_timestamp(&layout.root, "backup");
         if root_used {
@@ -285,6 +422,122 @@ mod tests {
         );
         assert_eq!(std::fs::read(layout.state_file()).unwrap(), b"old");
         assert_eq!(entries(dir.path()), ["agents-is-a-file", "styx"]);
+    }
+
+    fn prefix_layout(root: &Path) -> Layout {
+        Layout {
+            root: root.to_owned(),
+            launch_agents: root.join("LaunchAgents"),
+        }
+    }
+
+    #[test]
+    fn inspect_tells_setup_from_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = prefix_layout(&dir.path().join("styx"));
+        assert_eq!(inspect(&layout).unwrap(), Existing::Nothing);
+
+        files::create_private_dir(&layout.root).unwrap();
+        assert_eq!(
+            inspect(&layout).unwrap(),
+            Existing::Nothing,
+            "empty directory"
+        );
+
+        std::fs::write(layout.root.join("notes.txt"), b"mine").unwrap();
+        assert_eq!(
+            inspect(&layout).unwrap(),
+            Existing::Foreign {
+                description: "a directory that contains notes.txt but no styx.toml".to_owned()
+            }
+        );
+
+        std::fs::write(layout.state_file(), b"").unwrap();
+        assert_eq!(
+            inspect(&layout).unwrap(),
+            Existing::Setup,
+            "styx.toml marks it"
+        );
+    }
+
+    #[test]
+    fn inspect_accepts_only_styx_plists() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = prefix_layout(&dir.path().join("styx"));
+        files::create_private_dir(&layout.launch_agents).unwrap();
+        std::fs::write(layout.plist("dev.styx.nomad"), b"").unwrap();
+
+        assert_eq!(inspect(&layout).unwrap(), Existing::Setup);
+
+        std::fs::write(layout.plist("com.example.other"), b"").unwrap();
+        assert_eq!(
+            inspect(&layout).unwrap(),
+            Existing::Foreign {
+                description: "a directory that contains LaunchAgents but no styx.toml".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn inspect_rejects_file_and_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+
+        let file_result = inspect(&prefix_layout(&file)).unwrap();
+        let link_result = inspect(&prefix_layout(&link)).unwrap();
+
+        assert_eq!(
+            file_result,
+            Existing::Foreign {
+                description: "a file".to_owned()
+            }
+        );
+        assert_eq!(
+            link_result,
+            Existing::Foreign {
+                description: format!("a symbolic link to {}", dir.path().display())
+            }
+        );
+    }
+
+    #[test]
+    fn foreign_root_rejected_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = prefix_layout(dir.path());
+        for name in ["a", "b", "c", "d", "e"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+
+        let error = check_existing(&layout, true).unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.contains("contains a, b, c and 2 more entries"),
+            "{message}"
+        );
+        assert!(message.contains("choose another --prefix"), "{message}");
+    }
+
+    #[test]
+    fn commit_never_moves_foreign_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = prefix_layout(&dir.path().join("styx"));
+        let staging = Staging::create(&layout).unwrap();
+        staging
+            .write(&layout.state_file(), b"new", files::MODE_SECRET)
+            .unwrap();
+        // Appears after `check_existing` passed, while the setup was being staged.
+        files::create_private_dir(&layout.root).unwrap();
+        std::fs::write(layout.root.join("notes.txt"), b"mine").unwrap();
+
+        let error = staging.commit(&NodeState::example_server()).unwrap_err();
+
+        assert!(matches!(error, InstallError::NotStyx { .. }), "{error}");
+        assert_eq!(entries(dir.path()), ["styx"]);
+        assert_eq!(entries(&layout.root), ["notes.txt"]);
     }
 
     #[test]

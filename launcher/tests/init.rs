@@ -477,6 +477,64 @@ fn init_force_backs_up_first() {
 }
 
 #[test]
+fn init_rejects_foreign_folder() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("notes");
+    fs::create_dir(&prefix).unwrap();
+    fs::write(prefix.join("notes.txt"), "mine").unwrap();
+
+    for extra in [&[][..], &["--force"][..]] {
+        let output = init(&fakes, &prefix, extra);
+
+        assert_eq!(output.status.code(), Some(3), "{extra:?}");
+        let message = stderr(&output);
+        assert!(
+            message.contains("a directory that contains notes.txt but no styx.toml"),
+            "{message}"
+        );
+        assert!(message.contains("choose another --prefix"), "{message}");
+        assert!(!message.contains("pass --force"), "{message}");
+        assert_eq!(entries(home.path()), ["notes"], "nothing moved aside");
+        assert_eq!(entries(&prefix), ["notes.txt"]);
+    }
+}
+
+#[test]
+fn init_rejects_plain_file() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("styx");
+    fs::write(&prefix, "mine").unwrap();
+
+    let output = init(&fakes, &prefix, &["--force"]);
+
+    assert_eq!(output.status.code(), Some(3));
+    let message = stderr(&output);
+    assert!(message.contains("is a file, not a Styx setup"), "{message}");
+    assert_eq!(entries(home.path()), ["styx"]);
+    assert_eq!(fs::read_to_string(&prefix).unwrap(), "mine");
+}
+
+#[test]
+fn init_uses_empty_folder() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("styx");
+    fs::create_dir(&prefix).unwrap();
+
+    let output = init(&fakes, &prefix, &[]);
+
+    assert!(output.status.success());
+    assert!(prefix.join("styx.toml").is_file());
+    assert_eq!(
+        entries(home.path()),
+        ["styx"],
+        "no backup of an empty folder"
+    );
+}
+
+#[test]
 fn init_without_tailscale_writes_nothing() {
     let fakes = Fakes::healthy();
     fakes.remove("tailscale");
