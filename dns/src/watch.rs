@@ -6,8 +6,13 @@
 //! removed from the zone show up without a restart. The proxy reports an address that refused
 //! a connection or timed out with [`AddressWatch::set_aside`], and `next_addr` skips it for a
 //! while. This module does not connect to addresses or probe them.
+//!
+//! An SRV upstream keeps the targets of every priority. RFC 2782 requires a client to use
+//! the lowest priority number it can reach, so `next_addr` hands out that priority's
+//! addresses and moves to the next priority only while every address of the lower ones is
+//! set aside. A name looked up by A and AAAA records has one priority.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -120,13 +125,29 @@ impl fmt::Display for UpstreamName {
 /// The addresses of an upstream name at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressSet {
-    /// Current addresses, sorted. Empty when the name does not exist or has no records.
+    /// Current addresses, lowest SRV priority number first and sorted within a priority.
+    /// Empty when the name does not exist or has no records.
     pub addrs: Vec<SocketAddr>,
+    /// Number of addresses in each priority, in the order of `addrs`, so they add up to
+    /// `addrs.len()`. A name looked up by A and AAAA records has one entry.
+    pub priority_sizes: Vec<usize>,
     /// The last lookup's error. While no server answers, the addresses of the last answer are
     /// kept; a negative answer empties them.
     pub error: Option<ResolveError>,
     /// False until the first lookup has finished.
     pub resolved: bool,
+}
+
+impl AddressSet {
+    /// Returns the addresses of each priority, lowest priority number first.
+    pub fn priorities(&self) -> impl Iterator<Item = &[SocketAddr]> {
+        let mut rest = self.addrs.as_slice();
+        self.priority_sizes.iter().map(move |size| {
+            let (group, tail) = rest.split_at(*size);
+            rest = tail;
+            group
+        })
+    }
 }
 
 /// A handle to the current addresses of an [`UpstreamName`], kept up to date by a background
@@ -159,9 +180,11 @@ impl AddressWatch {
 
     /// Returns the next address in round-robin order, or `None` while the set is empty.
     ///
-    /// Addresses set aside by [`Self::set_aside`] are skipped while their period lasts. When
-    /// every address is set aside, they are handed out in turn anyway, because trying one
-    /// beats failing the connection without trying.
+    /// Only the lowest priority number that has an address not set aside by
+    /// [`Self::set_aside`] is used, and its set-aside addresses are skipped while their period
+    /// lasts. When every address of every priority is set aside, all of them are handed out
+    /// in turn anyway, lowest priority number first, because trying one beats failing the
+    /// connection without trying.
     pub fn next_addr(&self) -> Option<SocketAddr> {
         let set = self.receiver.borrow();
         if set.addrs.is_empty() {
@@ -172,15 +195,24 @@ impl AddressWatch {
         let mut set_aside = self.set_aside.lock().unwrap_or_else(|p| p.into_inner());
         set_aside.retain(|_, until| *until > now);
 
-        // Each skipped address advances the cursor too, so the pick after this one continues
-        // the rotation from here.
-        let len = set.addrs.len();
-        for _ in 0..len {
-            let addr = set.addrs[self.cursor.fetch_add(1, Ordering::Relaxed) % len];
-            if !set_aside.contains_key(&addr) {
-                return Some(addr);
+        // A priority whose addresses are all set aside is passed over without moving the
+        // cursor, so the rotation within the priority in use stays even.
+        let usable = set
+            .priorities()
+            .find(|group| group.iter().any(|addr| !set_aside.contains_key(addr)));
+        if let Some(group) = usable {
+            // Each skipped address advances the cursor too, so the pick after this one
+            // continues the rotation from here. The loop ends within `group.len()` turns
+            // because the lock keeps other callers from moving the cursor meanwhile.
+            loop {
+                let addr = group[self.cursor.fetch_add(1, Ordering::Relaxed) % group.len()];
+                if !set_aside.contains_key(&addr) {
+                    return Some(addr);
+                }
             }
         }
+
+        let len = set.addrs.len();
         Some(set.addrs[self.cursor.fetch_add(1, Ordering::Relaxed) % len])
     }
 
@@ -236,7 +268,7 @@ async fn watch_loop(
     if let UpstreamName::Host { name, port } = &name
         && let Some(ip) = parse_ip_literal(name)
     {
-        publish(&sender, vec![SocketAddr::new(ip, *port)], None);
+        publish(&sender, vec![vec![SocketAddr::new(ip, *port)]], None);
         std::future::pending::<()>().await;
     }
 
@@ -246,9 +278,9 @@ async fn watch_loop(
     loop {
         let now = Instant::now();
         let next = match resolve(&resolver, &name).await {
-            Ok((addrs, valid_until)) => {
+            Ok((priorities, valid_until)) => {
                 failures_in_row = 0;
-                publish(&sender, addrs, None);
+                publish(&sender, priorities, None);
                 valid_until.max(now + floor)
             }
             Err(error) if error.is_not_found() => {
@@ -259,8 +291,8 @@ async fn watch_loop(
             Err(error) => {
                 tracing::debug!(upstream = %name, %error, "upstream name lookup failed, keeping the last addresses");
                 failures_in_row = failures_in_row.saturating_add(1);
-                let addrs = sender.borrow().addrs.clone();
-                publish(&sender, addrs, Some(error));
+                let priorities = sender.borrow().priorities().map(<[_]>::to_vec).collect();
+                publish(&sender, priorities, Some(error));
                 let delay = floor
                     .saturating_mul(1 << failures_in_row.min(8))
                     .min(MAX_RETRY_DELAY);
@@ -272,15 +304,30 @@ async fn watch_loop(
 }
 
 /// Replaces the published set when anything in it changed.
+///
+/// `priorities` lists the addresses of each priority, lowest priority number first. An
+/// address listed under several priorities is kept only under the lowest, and a priority
+/// left without addresses is dropped.
 fn publish(
     sender: &watch::Sender<Arc<AddressSet>>,
-    mut addrs: Vec<SocketAddr>,
+    priorities: Vec<Vec<SocketAddr>>,
     error: Option<ResolveError>,
 ) {
-    addrs.sort();
-    addrs.dedup();
+    let mut addrs = Vec::new();
+    let mut priority_sizes = Vec::new();
+    for mut group in priorities {
+        group.sort();
+        group.dedup();
+        group.retain(|addr| !addrs.contains(addr));
+        if !group.is_empty() {
+            priority_sizes.push(group.len());
+            addrs.extend(group);
+        }
+    }
+
     let set = AddressSet {
         addrs,
+        priority_sizes,
         error,
         resolved: true,
     };
@@ -293,11 +340,12 @@ fn publish(
     });
 }
 
-/// Looks up the addresses of `name` and when the answer expires.
+/// Looks up the addresses of `name`, grouped by priority with the lowest priority number
+/// first, and the time their records expire.
 async fn resolve(
     resolver: &SplitResolver,
     name: &UpstreamName,
-) -> Result<(Vec<SocketAddr>, Instant), ResolveError> {
+) -> Result<(Vec<Vec<SocketAddr>>, Instant), ResolveError> {
     match name {
         UpstreamName::Host { name, port } => {
             let found = resolver.lookup_host(name).await?;
@@ -306,30 +354,21 @@ async fn resolve(
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, *port))
                 .collect();
-            Ok((addrs, found.valid_until))
+            Ok((vec![addrs], found.valid_until))
         }
         UpstreamName::Srv { name } => {
             let found = resolver.lookup_srv(name).await?;
-            // Records come sorted by priority, and the lowest priority that has addresses is used.
-            // NOTE: SRV weights are not applied, so connections spread evenly over the group.
-            let best = found
-                .records
-                .iter()
-                .filter(|record| !record.addrs.is_empty())
-                .map(|record| record.priority)
-                .min();
-            let addrs = found
-                .records
-                .iter()
-                .filter(|record| Some(record.priority) == best)
-                .flat_map(|record| {
-                    record
-                        .addrs
-                        .iter()
-                        .map(|ip| SocketAddr::new(*ip, record.port))
-                })
-                .collect();
-            Ok((addrs, found.valid_until))
+            // NOTE: SRV weights are not applied, so connections spread evenly over the
+            // addresses of the priority in use.
+            let mut priorities: BTreeMap<u16, Vec<SocketAddr>> = BTreeMap::new();
+            for record in &found.records {
+                let addrs = record
+                    .addrs
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, record.port));
+                priorities.entry(record.priority).or_default().extend(addrs);
+            }
+            Ok((priorities.into_values().collect(), found.valid_until))
         }
     }
 }
@@ -368,6 +407,40 @@ mod tests {
                 .to_string(),
             "srv:web.service.consul"
         );
+    }
+
+    #[test]
+    fn publish_keeps_address_in_lowest_priority() {
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let (sender, receiver) = watch::channel(Arc::new(AddressSet::default()));
+        let priorities = vec![
+            vec![
+                addr("10.0.0.2:80"),
+                addr("10.0.0.1:80"),
+                addr("10.0.0.1:80"),
+            ],
+            vec![addr("10.0.0.1:80")],
+            vec![addr("10.0.0.3:81")],
+        ];
+        publish(&sender, priorities, None);
+
+        let set = receiver.borrow().clone();
+        assert_eq!(
+            set.addrs,
+            vec![
+                addr("10.0.0.1:80"),
+                addr("10.0.0.2:80"),
+                addr("10.0.0.3:81")
+            ]
+        );
+        assert_eq!(
+            set.priority_sizes,
+            vec![2, 1],
+            "the emptied priority is dropped"
+        );
+        let priorities: Vec<_> = set.priorities().collect();
+        assert_eq!(priorities.len(), 2);
+        assert_eq!(priorities[1], [addr("10.0.0.3:81")]);
     }
 
     #[test]

@@ -175,6 +175,68 @@ async fn set_aside_address_skipped() {
 }
 
 #[tokio::test]
+async fn srv_watch_falls_back_by_priority() {
+    trace_init();
+    let zone = Zone::new()
+        .host("a.node.consul", "10.0.2.1")
+        .host("b.node.consul", "10.0.2.2")
+        .host("c.node.consul", "10.0.2.3")
+        .srv_at_priority("fo.service.consul", "a.node.consul", 8001, 0)
+        .srv_at_priority("fo.service.consul", "b.node.consul", 8001, 0)
+        .srv_at_priority("fo.service.consul", "c.node.consul", 8002, 1)
+        .local("consul");
+    let server = Dnsmasq::start(&zone);
+    let watch = AddressWatch::spawn(
+        resolver(server.addr),
+        "srv:fo.service.consul".parse().unwrap(),
+    );
+
+    let set = tokio::time::timeout(WAIT, watch.ready()).await.unwrap();
+    let first: Vec<SocketAddr> = addrs(&["10.0.2.1:8001", "10.0.2.2:8001"]);
+    let second: SocketAddr = "10.0.2.3:8002".parse().unwrap();
+    assert_eq!(set.addrs, [first.clone(), vec![second]].concat());
+    assert_eq!(set.priority_sizes, vec![2, 1]);
+
+    let picks: Vec<_> = (0..6).map(|_| watch.next_addr().unwrap()).collect();
+    for addr in &first {
+        let count = picks.iter().filter(|pick| *pick == addr).count();
+        assert_eq!(count, 3, "priority 0 round robin: {picks:?}");
+    }
+
+    // The period only has to outlast the picks below, so it is long for a busy machine.
+    let period = Duration::from_secs(2);
+    watch.set_aside(first[0], period);
+    for _ in 0..4 {
+        assert_eq!(watch.next_addr(), Some(first[1]), "rest of priority 0");
+    }
+
+    watch.set_aside(first[1], period);
+    for _ in 0..4 {
+        assert_eq!(
+            watch.next_addr(),
+            Some(second),
+            "priority 1 after priority 0"
+        );
+    }
+
+    // With every address of every priority set aside, all are still handed out in turn.
+    watch.set_aside(second, period);
+    let picks: Vec<_> = (0..3).map(|_| watch.next_addr().unwrap()).collect();
+    for addr in [first[0], first[1], second] {
+        assert!(picks.contains(&addr), "{addr} not handed out: {picks:?}");
+    }
+
+    tokio::time::sleep(period + Duration::from_millis(50)).await;
+    let picks: Vec<_> = (0..4).map(|_| watch.next_addr().unwrap()).collect();
+    assert!(
+        picks.iter().all(|pick| first.contains(pick)),
+        "priority 0 back after its period: {picks:?}"
+    );
+    assert!(picks.contains(&first[0]), "{picks:?}");
+    assert!(picks.contains(&first[1]), "{picks:?}");
+}
+
+#[tokio::test]
 async fn ip_literal_watch_is_fixed() {
     let silent = support::SilentServer::start();
     let name = UpstreamName::Host {

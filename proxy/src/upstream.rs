@@ -157,9 +157,10 @@ impl<'de> serde::Deserialize<'de> for UpstreamTarget {
 ///
 /// Each name has an [`AddressWatch`] that re-resolves it as its TTL expires. `pick` takes
 /// the entries in turn (a literal address is one entry, a name is one entry), and a name
-/// hands out its current addresses round-robin while skipping those set aside. So with one
-/// name, connections spread evenly over its addresses. With several entries, each entry
-/// gets an equal share whatever its address count.
+/// hands out its current addresses round-robin while skipping those set aside. An SRV name
+/// uses only its lowest priority number that has an address not set aside. So with one
+/// name, connections spread evenly over the addresses in use. With several entries, each
+/// entry gets an equal share whatever its address count.
 #[derive(Debug)]
 pub struct NamedUpstreams {
     entries: Vec<Entry>,

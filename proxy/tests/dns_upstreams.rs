@@ -1,6 +1,7 @@
 //! Upstreams given by name, against a real dnsmasq on a loopback port: round-robin over a
 //! name's addresses, following a zone whose address set changes, setting aside an address
-//! that refuses, and SRV upstreams that take their ports from the answer.
+//! that refuses, and SRV upstreams that take their ports from the answer and move to the
+//! next priority when the first one refuses.
 //!
 //! Each upstream server listens on its own loopback address (127.0.0.N), so dnsmasq can
 //! serve it as an A record, and writes that address to every client it accepts. A client
@@ -138,6 +139,25 @@ async fn spread(proxy: SocketAddr, count: usize) -> HashMap<String, usize> {
     served
 }
 
+/// Checks that listener `name` completed `clients` connections and counted exactly one
+/// refused upstream connect.
+async fn assert_one_refusal(name: &str, clients: f64) {
+    let completed = wait_for_metric(
+        styx_proxy::metrics::CONNECTIONS_TOTAL,
+        &[("listener", name), ("result", "completed")],
+        clients,
+    )
+    .await;
+    let samples = parse_samples(&scrape().await);
+    let refused = value(
+        &samples,
+        styx_proxy::metrics::UPSTREAM_CONNECT_ERRORS_TOTAL,
+        &[("listener", name), ("reason", "refused")],
+    );
+    assert_eq!(refused, Some(1.0), "refused connects of {name}");
+    assert_eq!(completed, Some(clients), "completed connections of {name}");
+}
+
 fn consul_zone(hosts: &[&str]) -> Zone {
     hosts
         .iter()
@@ -218,20 +238,7 @@ async fn refusing_address_set_aside() {
     assert_eq!(served.get("127.0.0.31"), Some(&10), "{served:?}");
 
     // Every client completed, after one refusal: the address was skipped from then on.
-    let completed = wait_for_metric(
-        styx_proxy::metrics::CONNECTIONS_TOTAL,
-        &[("listener", name), ("result", "completed")],
-        10.0,
-    )
-    .await;
-    let samples = parse_samples(&scrape().await);
-    let refused = value(
-        &samples,
-        styx_proxy::metrics::UPSTREAM_CONNECT_ERRORS_TOTAL,
-        &[("listener", name), ("reason", "refused")],
-    );
-    assert_eq!(refused, Some(1.0));
-    assert_eq!(completed, Some(10.0));
+    assert_one_refusal(name, 10.0).await;
     proxy.stop().await;
 }
 
@@ -255,6 +262,34 @@ async fn srv_upstream_uses_answer_ports() {
     let served = spread(proxy.addr, 6).await;
     assert_eq!(served.get("127.0.0.41"), Some(&3), "{served:?}");
     assert_eq!(served.get("127.0.0.42"), Some(&3), "{served:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_upstream_falls_back_by_priority() {
+    // Priority 0 points at a port where nothing listens, so its connects are refused, and
+    // priority 1 at a live server on the same address. The live server binds first, so the
+    // refused port differs from its port.
+    let live_port = port_free_on(&["127.0.0.71"]);
+    let _live = spawn_upstream(addr("127.0.0.71", live_port)).await;
+    let refused_port = port_free_on(&["127.0.0.71"]);
+    let zone = Zone::new()
+        .host("a.node.consul", "127.0.0.71")
+        .srv_at_priority("fo.service.consul", "a.node.consul", refused_port, 0)
+        .srv_at_priority("fo.service.consul", "a.node.consul", live_port, 1)
+        .local("consul");
+    let dns = Dnsmasq::start(&zone);
+
+    let name = "dns-srv-priority";
+    let upstreams = ["srv:fo.service.consul".to_owned()];
+    let proxy = NamedProxy::start(name, &upstreams, dns.addr, 0);
+
+    let served = spread(proxy.addr, 10).await;
+    assert_eq!(served.get("127.0.0.71"), Some(&10), "{served:?}");
+
+    // As with an A record upstream, the first client's connect to priority 0 is refused
+    // and retried on priority 1, and priority 0 is skipped from then on.
+    assert_one_refusal(name, 10.0).await;
     proxy.stop().await;
 }
 

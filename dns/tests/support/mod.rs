@@ -62,9 +62,15 @@ impl Zone {
         self
     }
 
-    pub fn srv(mut self, name: &str, target: &str, port: u16) -> Self {
+    /// Adds an SRV record at priority 1, weight 1.
+    pub fn srv(self, name: &str, target: &str, port: u16) -> Self {
+        self.srv_at_priority(name, target, port, 1)
+    }
+
+    /// Adds an SRV record at `priority` (lower numbers are tried first), weight 1.
+    pub fn srv_at_priority(mut self, name: &str, target: &str, port: u16, priority: u16) -> Self {
         self.lines
-            .push(format!("srv-host={name},{target},{port},1,1"));
+            .push(format!("srv-host={name},{target},{port},{priority},1"));
         self
     }
 
