@@ -134,14 +134,25 @@ fn agent_path(state: &NodeState) -> String {
 /// Failure of a `launchctl` call that must succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchdError {
+    #[error("launchctl not found on PATH: it is a macOS tool, so run styx on macOS")]
+    NotFound,
     #[error("failed to run launchctl")]
-    Run(#[from] ProcessError),
+    Run(#[source] ProcessError),
     #[error("`{argv}` failed (exit {code:?}): {message}")]
     Failed {
         argv: String,
         code: Option<i32>,
         message: String,
     },
+}
+
+impl From<ProcessError> for LaunchdError {
+    fn from(error: ProcessError) -> Self {
+        match error {
+            ProcessError::NotFound { .. } => Self::NotFound,
+            other => Self::Run(other),
+        }
+    }
 }
 
 /// Loads and starts the agent whose plist is at `plist_path`.

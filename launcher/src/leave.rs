@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 
+use crate::error_chain;
 use crate::launchd::{self, Bootout};
 use crate::layout::Layout;
 use crate::process::Invocation;
@@ -20,25 +21,19 @@ pub async fn run(layout: &Layout, graceful: bool, purge: bool) -> anyhow::Result
         leave_cluster(&state, layout).await;
     }
 
-    let mut failures = Vec::new();
+    let mut failed = Vec::new();
     for service in state.services().iter().rev() {
-        let label = launchd::label(service);
-        match launchd::bootout(&label).await {
-            Ok(Bootout::Stopped) => println!("stopped {service}"),
-            Ok(Bootout::NotLoaded) => println!("{service}: not loaded"),
-            Err(error) => failures.push(format!("{service}: {error}")),
-        }
-        let plist = layout.plist(&label);
-        match std::fs::remove_file(&plist) {
-            Ok(()) => println!("removed {}", plist.display()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => failures.push(format!("{}: {error}", plist.display())),
+        let (line, ok) = remove_agent(layout, service).await;
+        println!("{line}");
+        if !ok {
+            failed.push(*service);
         }
     }
-    if !failures.is_empty() {
+    if !failed.is_empty() {
         anyhow::bail!(
-            "some agents could not be removed ({}); the data at {} was kept",
-            failures.join("; "),
+            "failed to stop or remove the {} agent(s), as the lines above say; the data at {} \
+             was kept. After fixing the cause, run `styx uninstall` to finish",
+            failed.join(", "),
             layout.root.display()
         );
     }
@@ -55,6 +50,33 @@ pub async fn run(layout: &Layout, graceful: bool, purge: bool) -> anyhow::Result
         );
     }
     Ok(())
+}
+
+/// Stops and unloads the agent of `service` and removes its plist. Returns a line that
+/// describes both outcomes, and whether both succeeded.
+///
+/// The plist is removed even when stopping fails, so launchd does not load the agent
+/// again at the next login.
+async fn remove_agent(layout: &Layout, service: &str) -> (String, bool) {
+    let label = launchd::label(service);
+    let (stop, stopped) = match launchd::bootout(&label).await {
+        Ok(Bootout::Stopped) => ("stopped".to_owned(), true),
+        Ok(Bootout::NotLoaded) => ("not loaded".to_owned(), true),
+        Err(error) => (format!("failed to stop ({})", error_chain(&error)), false),
+    };
+
+    let plist = layout.plist(&label);
+    let (removal, removed) = match std::fs::remove_file(&plist) {
+        Ok(()) => (format!("removed {}", plist.display()), true),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            (format!("no plist at {}", plist.display()), true)
+        }
+        Err(error) => (
+            format!("failed to remove {} ({error})", plist.display()),
+            false,
+        ),
+    };
+    (format!("{service}: {stop}, {removal}"), stopped && removed)
 }
 
 /// Drains the Nomad node and makes Consul leave. Failures are reported and do not stop

@@ -104,7 +104,7 @@ async fn agent_item(service: &str) -> Item {
             Item::up(name, format!("running{pid}"))
         }
         Ok(agent) => Item::down(name, format!("{}: run `styx start`", agent.state)),
-        Err(error) => Item::down(name, format!("failed to ask launchd: {error}")),
+        Err(error) => Item::down(name, error_chain(&error)),
     }
 }
 

@@ -262,7 +262,9 @@ fn leave_drains_and_keeps_data() {
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
     for service in ["nomad", "vault", "consul"] {
-        assert!(stdout.contains(&format!("stopped {service}\n")), "{stdout}");
+        let plist = prefix.join(format!("LaunchAgents/dev.styx.{service}.plist"));
+        let line = format!("{service}: stopped, removed {}\n", plist.display());
+        assert!(stdout.contains(&line), "{line} missing from {stdout}");
     }
     let calls = fakes.calls();
     let uid = rustix::process::getuid().as_raw();
@@ -311,10 +313,9 @@ fn uninstall_purge_removes_everything() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     for service in ["nomad", "vault", "consul"] {
         assert!(
-            stdout.contains(&format!("{service}: not loaded")),
+            stdout.contains(&format!("{service}: not loaded, removed ")),
             "{stdout}"
         );
-        assert!(!stdout.contains(&format!("stopped {service}")), "{stdout}");
     }
     let calls = fakes.calls();
     assert!(
@@ -324,4 +325,74 @@ fn uninstall_purge_removes_everything() {
         "{calls:?}"
     );
     assert!(!prefix.exists());
+}
+
+#[test]
+fn leave_lines_match_failure_summary() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("styx");
+    init(&fakes, &prefix);
+    fakes.remove("launchctl");
+
+    let output = run(fakes.styx(&prefix).arg("uninstall"));
+
+    assert_eq!(output.status.code(), Some(3));
+    let text = stdout(&output);
+    for service in ["nomad", "vault", "consul"] {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(&format!("{service}: ")))
+            .unwrap_or_else(|| panic!("no line for {service} in:\n{text}"));
+        assert!(
+            line.contains("failed to stop (launchctl not found on PATH: it is a macOS tool"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(&format!(
+                "removed {}",
+                prefix
+                    .join(format!("LaunchAgents/dev.styx.{service}.plist"))
+                    .display()
+            )),
+            "{line}"
+        );
+    }
+    let summary = common::stderr(&output);
+    assert!(
+        summary.contains("failed to stop or remove the nomad, vault, consul agent(s)"),
+        "{summary}"
+    );
+    assert!(summary.contains("was kept"), "{summary}");
+    assert!(prefix.join("styx.toml").is_file());
+}
+
+#[test]
+fn status_without_launchctl_names_macos() {
+    let fakes = Fakes::healthy();
+    let home = tempfile::tempdir().unwrap();
+    let prefix = home.path().join("styx");
+    init(&fakes, &prefix);
+    fakes.remove("launchctl");
+    // Every API points at a closed loopback port, so status contacts no other address.
+    let closed = closed_port_url();
+    set_endpoints(&prefix, &closed, &closed, &closed);
+
+    let output = run(fakes.styx(&prefix).args(["status", "--json"]));
+
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for service in ["consul", "vault", "nomad"] {
+        let item = report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|item| item["name"] == format!("agent {service}"))
+            .unwrap_or_else(|| panic!("agent {service} missing from {report}"));
+        assert_eq!(item["up"], false);
+        assert_eq!(
+            item["detail"],
+            "launchctl not found on PATH: it is a macOS tool, so run styx on macOS"
+        );
+    }
 }
