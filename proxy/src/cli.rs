@@ -35,7 +35,8 @@ pub struct RunArgs {
 
     /// Upstream as IP:PORT, NAME:PORT (A and AAAA records, this port) or srv:NAME (SRV
     /// records and their ports). Names are re-resolved as their TTLs expire, and a name's
-    /// address that refuses a connection or times out is skipped for 10 s. Repeat the
+    /// address that refuses a connection or times out is skipped for 10 s. An SRV name
+    /// uses its lowest priority number until all of its addresses are skipped. Repeat the
     /// flag for round-robin over several.
     #[arg(long, value_name = "UPSTREAM", requires = "listen")]
     pub upstream: Vec<UpstreamTarget>,
