@@ -23,8 +23,8 @@ pub enum InstallError {
     )]
     Exists { root: PathBuf },
     #[error(
-        "{} is {description}, not a Styx setup: choose another --prefix, such as a new or empty \
-         directory (--force replaces only a setup that Styx wrote, never other files)",
+        "{} is not a Styx setup because it is {description}: choose another --prefix, such \
+         as a new or empty directory. --force replaces only a setup that Styx wrote",
         root.display()
     )]
     NotStyx { root: PathBuf, description: String },

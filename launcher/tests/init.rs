@@ -511,7 +511,10 @@ fn init_rejects_plain_file() {
 
     assert_eq!(output.status.code(), Some(3));
     let message = stderr(&output);
-    assert!(message.contains("is a file, not a Styx setup"), "{message}");
+    assert!(
+        message.contains("is not a Styx setup because it is a file"),
+        "{message}"
+    );
     assert_eq!(entries(home.path()), ["styx"]);
     assert_eq!(fs::read_to_string(&prefix).unwrap(), "mine");
 }
