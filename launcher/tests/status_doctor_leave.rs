@@ -250,6 +250,37 @@ fn doctor_warns_on_tailscale_health() {
 }
 
 #[test]
+fn doctor_finds_tailscale_only_listener() {
+    // A second loopback address plays the Tailscale address, so the listener is bound
+    // only there and 127.0.0.1:9464 stays free.
+    let tailscale_ip = "127.0.0.2";
+    let Ok(_listener) = std::net::TcpListener::bind((tailscale_ip, 9464)) else {
+        eprintln!("skipped: {tailscale_ip}:9464 is not available to bind on this machine");
+        return;
+    };
+    let fakes = Fakes::healthy();
+    fakes.output(
+        "tailscale",
+        &common::RUNNING_STATUS.replace(common::TAILSCALE_IP, tailscale_ip),
+    );
+    let home = tempfile::tempdir().unwrap();
+
+    let output = run(fakes
+        .styx(&home.path().join("styx"))
+        .args(["doctor", "--json"]));
+
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let ports = checks
+        .iter()
+        .find(|check| check["name"] == "ports")
+        .unwrap();
+    assert_eq!(ports["level"], "FAIL");
+    let detail = ports["detail"].as_str().unwrap();
+    assert!(detail.contains("127.0.0.2:9464"), "{detail}");
+    assert!(!detail.contains("127.0.0.1:9464"), "{detail}");
+}
+
+#[test]
 fn leave_drains_and_keeps_data() {
     let fakes = Fakes::healthy();
     let home = tempfile::tempdir().unwrap();
