@@ -446,8 +446,6 @@ async fn ports_in_use(tailscale_ip: Option<IpAddr>) -> Check {
     const NAME: &str = "ports";
     let mut addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
     addresses.extend(tailscale_ip);
-    let probed: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
-    let probed = probed.join(" and ");
 
     let scan = scan_ports(&SERVICE_PORTS, &addresses).await;
 
@@ -472,10 +470,12 @@ async fn ports_in_use(tailscale_ip: Option<IpAddr>) -> Check {
             "check that Tailscale is up with `tailscale status`, then run `styx doctor` again",
         );
     }
+    let probed: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
     Check::ok(
         NAME,
         format!(
-            "Nomad, Consul, Vault and driver metrics ports are free or used by Styx agents on {probed}"
+            "Nomad, Consul, Vault and driver metrics ports are free or used by Styx agents on {}",
+            probed.join(" and ")
         ),
     )
 }
