@@ -251,15 +251,13 @@ fn runner_reports_every_scenario() {
     assert_eq!(json["results"][0]["ratio"], 1.0);
 }
 
-#[test]
-fn runner_selected_scenarios_only() {
-    let runtime = runtime();
-    let backend = start_backend(&runtime);
-
-    let plan = Plan {
-        scenarios: [Scenario::RrP99].into_iter().collect(),
+/// A plan of one tiny round of `scenario` on the direct path and `peers`, with no
+/// styx-proxy child.
+fn one_round_plan(scenario: Scenario, peers: Vec<Peer>) -> Plan {
+    Plan {
+        scenarios: [scenario].into_iter().collect(),
         engines: Vec::new(),
-        peers: Vec::new(),
+        peers,
         profile: Profile {
             name: "tiny",
             window: TINY,
@@ -268,7 +266,15 @@ fn runner_selected_scenarios_only() {
         },
         idle_connections: 10,
         connect_clients: 2,
-    };
+    }
+}
+
+#[test]
+fn runner_selected_scenarios_only() {
+    let runtime = runtime();
+    let backend = start_backend(&runtime);
+
+    let plan = one_round_plan(Scenario::RrP99, Vec::new());
     let report = run_plan(
         &plan,
         Path::new("/nonexistent/styx-proxy"),
@@ -334,23 +340,12 @@ fn dead_peer_named_in_error() {
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port");
 
-    let plan = Plan {
-        scenarios: [Scenario::RrP50].into_iter().collect(),
-        engines: Vec::new(),
-        peers: vec![Peer {
-            name: "gone".to_owned(),
-            addr: dead,
-            pids: Vec::new(),
-        }],
-        profile: Profile {
-            name: "tiny",
-            window: TINY,
-            warmup: TINY_WARMUP,
-            rounds: 1,
-        },
-        idle_connections: 10,
-        connect_clients: 2,
+    let peer = Peer {
+        name: "gone".to_owned(),
+        addr: dead,
+        pids: Vec::new(),
     };
+    let plan = one_round_plan(Scenario::RrP50, vec![peer]);
     let error = run_plan(
         &plan,
         Path::new("/nonexistent/styx-proxy"),

@@ -195,31 +195,33 @@ async fn wait_listening(addr: std::net::SocketAddr) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_child_forwards_and_stops_on_sigterm() {
-    let upstream = spawn_echo().await;
-    let listen = closed_port();
-    let metrics = closed_port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_styx-proxy"))
-        .args([
-            "run",
-            "--listen",
-            &listen.to_string(),
-            "--upstream",
-            &upstream.to_string(),
-        ])
-        .args([
-            "--engine",
-            "splice",
-            "--metrics-listen",
-            &metrics.to_string(),
-        ])
+/// Starts `styx-proxy run` forwarding `listen` to `upstream`, with `extra` flags after
+/// those, its stderr piped for the test to read.
+fn spawn_run_child(
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    extra: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_styx-proxy"))
+        .args(["run", "--listen", &listen.to_string()])
+        .args(["--upstream", &upstream.to_string()])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("styx-proxy starts");
+        .expect("styx-proxy starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_child_forwards_and_stops_on_sigterm() {
+    let upstream = spawn_echo().await;
+    let listen = closed_port();
+    let metrics = closed_port();
+    let metrics_flag = metrics.to_string();
+    let extra = ["--engine", "splice", "--metrics-listen", &metrics_flag];
+    let child = spawn_run_child(listen, upstream, &extra);
     wait_listening(listen).await;
 
     let mut client = TcpStream::connect(listen).await.unwrap();
@@ -517,16 +519,7 @@ async fn second_sigterm_cuts_drain_short() {
 
     let upstream = spawn_echo().await;
     let listen = closed_port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_styx-proxy"))
-        .args(["run", "--listen", &listen.to_string()])
-        .args(["--upstream", &upstream.to_string()])
-        .args(["--drain-timeout-s", "600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("styx-proxy starts");
+    let child = spawn_run_child(listen, upstream, &["--drain-timeout-s", "600"]);
     wait_listening(listen).await;
     let mut client = TcpStream::connect(listen).await.unwrap();
     round_trip(&mut client, b"open during the drain").await;
@@ -566,21 +559,11 @@ async fn silent_connections_do_not_block_scrapes() {
     let upstream = spawn_echo().await;
     let listen = closed_port();
     let metrics = closed_port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_styx-proxy"))
-        .args([
-            "run",
-            "--listen",
-            &listen.to_string(),
-            "--upstream",
-            &upstream.to_string(),
-        ])
-        .args(["--metrics-listen", &metrics.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("styx-proxy starts");
+    let child = spawn_run_child(
+        listen,
+        upstream,
+        &["--metrics-listen", &metrics.to_string()],
+    );
     wait_listening(metrics).await;
 
     let mut silent = connect_clients(metrics, 100).await;
