@@ -33,7 +33,7 @@ pub enum BenchError {
         source: io::Error,
     },
 
-    /// A scenario failed on one path; the source says how.
+    /// A scenario failed on one path, for the reason in the source.
     #[error("{scenario} failed on path {path:?}")]
     Path {
         scenario: &'static str,

@@ -251,8 +251,8 @@ fn runner_reports_every_scenario() {
     assert_eq!(json["results"][0]["ratio"], 1.0);
 }
 
-/// A plan of one tiny round of `scenario` on the direct path and `peers`, with no
-/// styx-proxy child.
+/// Builds a plan of one tiny round of `scenario` on the direct path and `peers`, with
+/// no styx-proxy child.
 fn one_round_plan(scenario: Scenario, peers: Vec<Peer>) -> Plan {
     Plan {
         scenarios: [scenario].into_iter().collect(),

@@ -552,7 +552,7 @@ async fn second_sigterm_cuts_drain_short() {
 }
 
 /// Connections that send nothing do not keep a scrape out: with 100 of them open, more
-/// than the endpoint lets wait, a scrape is still answered, and the oldest silent
+/// than the endpoint lets wait, a scrape is still served, and the oldest silent
 /// connections are the ones closed to make room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_do_not_block_scrapes() {

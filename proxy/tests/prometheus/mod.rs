@@ -1,10 +1,10 @@
 //! A Prometheus server and `promtool`, both from Debian's `prometheus` package (2.42 in
 //! bookworm), run as child processes against metrics endpoints that a test started.
 //!
-//! The server's scraper alone is a weak check: run by hand, Prometheus 2.42 kept a
-//! target up with no error for pages with a second HELP or TYPE line, a series listed
-//! twice, an invalid escape, a histogram without a +Inf bucket or a JSON content type.
-//! So [`Prometheus::assert_stored_whole`] compares the samples scraped with the series
+//! The server's scraper alone is a weak check. Run by hand, Prometheus 2.42 kept a
+//! target up with no error for each of these pages: a second HELP or TYPE line, a
+//! series listed twice, an invalid escape, a histogram without a +Inf bucket, and a
+//! JSON content type. So [`Prometheus::assert_stored_whole`] compares the samples scraped with the series
 //! stored and looks for the +Inf bucket of every histogram, and [`check_page`] runs
 //! `promtool check metrics` and checks the Content-Type header.
 //!
