@@ -59,29 +59,29 @@ pub struct RunArgs {
     pub metrics_listen: Option<SocketAddr>,
 
     /// Upstream connections kept pre-connected, 0 for none.
-    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "config",
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 0, conflicts_with = "config",
           value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub preconnect: u16,
 
     /// Seconds a pre-connected upstream socket may wait for a client before it is
     /// replaced.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_PRECONNECT_MAX_IDLE_S, conflicts_with = "config",
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, default_value_t = DEFAULT_PRECONNECT_MAX_IDLE_S, conflicts_with = "config",
           value_parser = at_least_one("s"))]
     pub preconnect_max_idle_s: u64,
 
     /// Connections served at once; further clients wait in the listen backlog.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS as u64, conflicts_with = "config",
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = DEFAULT_MAX_CONNECTIONS as u64, conflicts_with = "config",
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_connections: u64,
 
     /// Upstream connect timeout, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = DEFAULT_CONNECT_TIMEOUT_MS, conflicts_with = "config",
+    #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = DEFAULT_CONNECT_TIMEOUT_MS, conflicts_with = "config",
           value_parser = at_least_one("ms"))]
     pub connect_timeout_ms: u64,
 
     /// Close a connection after this many seconds without a byte moving; 0 turns the
     /// idle timeout off.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S, conflicts_with = "config")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, default_value_t = DEFAULT_IDLE_TIMEOUT_S, conflicts_with = "config")]
     pub idle_timeout_s: u64,
 
     /// Send a PROXY protocol header of this version to the upstream [default: none].
@@ -91,7 +91,7 @@ pub struct RunArgs {
     /// Seconds a shutdown waits for open connections before resetting them. A second
     /// SIGTERM or SIGINT resets them at once [default: 30, or the config file's
     /// drain_timeout_s].
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub drain_timeout_s: Option<u64>,
 
     /// TOML file with one [[listener]] table per listener, instead of --listen and

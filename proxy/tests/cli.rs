@@ -76,6 +76,28 @@ fn zero_max_connections_named() {
     assert_one_line_error(&output, &["--max-connections"]);
 }
 
+/// A negative number reaches the flag's own check instead of reading as an unknown flag.
+#[test]
+fn negative_numbers_named_as_invalid() {
+    for flag in [
+        "--max-connections",
+        "--preconnect",
+        "--connect-timeout-ms",
+        "--idle-timeout-s",
+        "--drain-timeout-s",
+    ] {
+        let output = run_with(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+            flag,
+            "-1",
+        ]);
+        assert_one_line_error(&output, &["invalid value '-1'", flag]);
+    }
+}
+
 #[test]
 fn zero_timeouts_say_minimum() {
     let cases = [
