@@ -242,6 +242,14 @@ fn write_footer(
         "profile {}: median of {} round(s) of {:?} per path; proxy CPU in cores used during the window",
         plan.profile.name, plan.profile.rounds, plan.profile.window
     )?;
+    if plan.profile.rounds == 1 {
+        // One sample of the direct path can land a quarter below its usual figure, and
+        // then a proxied path can even show above 1.00x.
+        writeln!(
+            out,
+            "one sample per path: ratios can swing by a quarter from run to run; the default profile reports the median of five"
+        )?;
+    }
     if let (Some(before), Some(after)) = (load_before, load_average()) {
         writeln!(
             out,
@@ -316,6 +324,20 @@ mod tests {
         assert_eq!(plan.idle_connections, 2000);
         assert_eq!(plan.connect_clients, 64);
         assert_eq!(args.backend, "127.0.0.1:19000".parse().unwrap());
+    }
+
+    #[test]
+    fn single_sample_footer_warns() {
+        let footer = |args: &[&str]| {
+            let plan = parse(args).unwrap().to_plan().unwrap();
+            let mut out = Vec::new();
+            write_footer(&mut out, &plan, None).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+
+        assert!(footer(&["--quick"]).contains("one sample per path"));
+        assert!(footer(&["--rounds", "1"]).contains("one sample per path"));
+        assert!(!footer(&[]).contains("one sample per path"));
     }
 
     #[test]
