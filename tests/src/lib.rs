@@ -10,7 +10,9 @@
 //! - [`task`]: what a Nomad client prepares for a task: alloc dirs, log FIFOs with
 //!   readers, and the TaskConfig message.
 //! - [`sim`]: a handle on the `container-sim` simulator's state directory.
-//! - [`published`]: reaching a task's echo server through its published port.
+//! - [`published`]: starting the simulator's echo task and reaching it through its
+//!   published port.
+//! - [`rpc`]: the task RPCs with the waits and checks every lifecycle test needs.
 //! - [`fake_container`]: a minimal stand-in for Apple's `container` CLI that handles
 //!   only the fingerprint probes.
 //!
@@ -32,5 +34,6 @@ pub mod fake_container;
 pub mod nomad;
 pub mod prometheus;
 pub mod published;
+pub mod rpc;
 pub mod sim;
 pub mod task;

@@ -1,5 +1,5 @@
-//! Reaching a task through the ports the driver published for it, as a client on the
-//! node's network would.
+//! Starting the simulator's echo task and reaching it through the ports the driver
+//! published for it, as a client on the node's network would.
 //!
 //! The helpers talk to the simulator's `styx/echo` image, which writes back every byte
 //! it reads and closes once the client has half-closed. Tests of other images keep
@@ -7,12 +7,45 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use styx_driver::proto::drivers::StartTaskResponse;
 
+use crate::cty::Value;
+use crate::nomad::Plugin;
+use crate::rpc::start_task;
+use crate::task::{Port, PreparedTask, TaskSpec, free_port};
+
 /// Time a single exchange may take before it counts as failed.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts a `styx/echo` task named `name`, its folders under `root`, with the echo port
+/// 7 published under the label `echo` on a free host port.
+///
+/// # Panics
+/// When StartTask fails or does not return within `timeout`.
+pub async fn start_echo_task(
+    plugin: &Plugin,
+    root: &Path,
+    name: &str,
+    timeout: Duration,
+) -> (TaskSpec, PreparedTask, StartTaskResponse) {
+    let mut spec = TaskSpec::new(name);
+    spec.ports = vec![Port {
+        label: "echo".to_owned(),
+        value: free_port(),
+        to: 7,
+    }];
+    let body = Value::object([
+        ("image", Value::string("styx/echo")),
+        ("ports", Value::strings(&["echo"])),
+    ]);
+
+    let (prepared, response) = start_task(plugin, root, &spec, &body, timeout).await;
+    let response = response.expect("StartTask of the echo task succeeds");
+    (spec, prepared, response)
+}
 
 /// Returns the address the driver published for the port labelled `label`.
 ///

@@ -13,17 +13,15 @@ use styx_driver::metrics::{
     TASK_RECOVERIES_TOTAL, TASK_STARTS_TOTAL, TASKS_RUNNING,
 };
 use styx_driver::proto::base::{ConfigSchemaRequest, SetConfigRequest};
-use styx_driver::proto::drivers::{
-    DestroyTaskRequest, RecoverTaskRequest, StartTaskRequest, StartTaskResponse, StopTaskRequest,
-    TaskConfigSchemaRequest, WaitTaskRequest,
-};
+use styx_driver::proto::drivers::{RecoverTaskRequest, StartTaskResponse};
 use styx_proxy::metrics::{BYTES_TOTAL, CONNECTIONS_TOTAL};
 use styx_tests::cty::{Value, encode_with_spec};
 use styx_tests::nomad::{Plugin, send_signal};
 use styx_tests::prometheus::{Sample, parse, scrape, value};
-use styx_tests::published::{echo, published_addr, wait_for_echo};
+use styx_tests::published::{echo, published_addr, start_echo_task, wait_for_echo};
+use styx_tests::rpc::{destroy_task, stop_task, wait_task};
 use styx_tests::sim::{Simulator, launch_unconfigured, plugin_options, set_plugin_config};
-use styx_tests::task::{Port, PreparedTask, TaskSpec, free_port, prepare};
+use styx_tests::task::{PreparedTask, TaskSpec, free_port};
 use tonic::Code;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_styx-driver-under-test");
@@ -68,71 +66,16 @@ impl Node {
 
     /// Starts a `styx/echo` task that publishes its port 7 on a free host port.
     async fn start_echo(&self, name: &str) -> (TaskSpec, PreparedTask, StartTaskResponse) {
-        let mut spec = TaskSpec::new(name);
-        spec.ports = vec![Port {
-            label: "echo".to_owned(),
-            value: free_port(),
-            to: 7,
-        }];
-        let schema = self
-            .plugin
-            .driver()
-            .task_config_schema(TaskConfigSchemaRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .spec
-            .unwrap();
-        let body = Value::object([
-            ("image", Value::string("styx/echo")),
-            ("ports", Value::strings(&["echo"])),
-        ]);
-        let prepared = prepare(
-            self.dir.path(),
-            &spec,
-            encode_with_spec(&schema, &body).unwrap(),
-        );
-        let request = StartTaskRequest {
-            task: Some(prepared.config.clone()),
-        };
-        let response = tokio::time::timeout(HANG_TIMEOUT, self.plugin.driver().start_task(request))
-            .await
-            .expect("StartTask returns")
-            .expect("StartTask succeeds")
-            .into_inner();
-        (spec, prepared, response)
+        start_echo_task(&self.plugin, self.dir.path(), name, HANG_TIMEOUT).await
     }
 
     async fn stop_and_wait(&self, id: &str) {
-        let request = StopTaskRequest {
-            task_id: id.to_owned(),
-            timeout: Some(Duration::from_secs(5).try_into().unwrap()),
-            signal: String::new(),
-        };
-        self.plugin
-            .driver()
-            .stop_task(request)
-            .await
-            .expect("StopTask succeeds");
-        let request = WaitTaskRequest {
-            task_id: id.to_owned(),
-        };
-        tokio::time::timeout(HANG_TIMEOUT, self.plugin.driver().wait_task(request))
-            .await
-            .expect("task exits")
-            .expect("WaitTask succeeds");
+        stop_task(&self.plugin, id, Duration::from_secs(5), "").await;
+        wait_task(&self.plugin, id, HANG_TIMEOUT).await;
     }
 
     async fn destroy(&self, id: &str) {
-        let request = DestroyTaskRequest {
-            task_id: id.to_owned(),
-            force: true,
-        };
-        self.plugin
-            .driver()
-            .destroy_task(request)
-            .await
-            .expect("DestroyTask succeeds");
+        destroy_task(&self.plugin, id).await;
     }
 }
 

@@ -16,12 +16,11 @@ use std::time::Duration;
 
 use prometheus::{Prometheus, single_value, value_equal_to};
 use styx_driver::metrics::{CONTAINER_CLI_DURATION_SECONDS, TASKS_RUNNING};
-use styx_driver::proto::drivers::{DestroyTaskRequest, StartTaskRequest, TaskConfigSchemaRequest};
 use styx_proxy::metrics::BYTES_TOTAL;
-use styx_tests::cty::{Value, encode_with_spec};
-use styx_tests::published::{echo, published_addr, wait_for_echo};
+use styx_tests::cty::Value;
+use styx_tests::published::{echo, published_addr, start_echo_task, wait_for_echo};
+use styx_tests::rpc::destroy_task;
 use styx_tests::sim::{Simulator, launch_unconfigured, plugin_options, set_plugin_config};
-use styx_tests::task::{Port, TaskSpec, free_port, prepare};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_styx-driver-under-test");
 const SIMULATOR: &str = env!("CARGO_BIN_EXE_container-sim");
@@ -34,44 +33,11 @@ const HANG_TIMEOUT: Duration = Duration::from_secs(60);
 const JOB: &str = "styx-driver";
 
 /// Name the driver gives the proxy listener of the task's `echo` port: namespace, job,
-/// group, task and port label of the task that [`TaskSpec::new`] describes.
+/// group, task and port label of the echo task that `start_echo_task` starts.
 const LISTENER: &str = "default/job/group/echo/echo";
 
 /// Bytes pushed through the published port: an odd size of several socket buffers.
 const PAYLOAD_BYTES: usize = 300_017;
-
-/// Starts a `styx/echo` task that publishes its port 7 on a free host port, and
-/// returns the task ID and the published address.
-async fn start_echo_task(plugin: &styx_tests::nomad::Plugin, dir: &Path) -> (String, SocketAddr) {
-    let mut spec = TaskSpec::new("echo");
-    spec.ports = vec![Port {
-        label: "echo".to_owned(),
-        value: free_port(),
-        to: 7,
-    }];
-    let schema = plugin
-        .driver()
-        .task_config_schema(TaskConfigSchemaRequest {})
-        .await
-        .expect("TaskConfigSchema succeeds")
-        .into_inner()
-        .spec
-        .expect("the driver has a task config schema");
-    let body = Value::object([
-        ("image", Value::string("styx/echo")),
-        ("ports", Value::strings(&["echo"])),
-    ]);
-    let prepared = prepare(dir, &spec, encode_with_spec(&schema, &body).unwrap());
-    let request = StartTaskRequest {
-        task: Some(prepared.config.clone()),
-    };
-    let response = tokio::time::timeout(HANG_TIMEOUT, plugin.driver().start_task(request))
-        .await
-        .expect("StartTask returns")
-        .expect("StartTask succeeds")
-        .into_inner();
-    (prepared.config.id, published_addr(&response, "echo"))
-}
 
 /// Returns the driver's current value of the bytes counter for `direction`.
 async fn bytes_now(metrics: SocketAddr, direction: &str) -> f64 {
@@ -100,7 +66,8 @@ async fn prometheus_scrapes_driver_metrics() {
         .await
         .expect("config with metrics_address accepted");
 
-    let (task_id, published) = start_echo_task(&plugin, dir.path()).await;
+    let (_, prepared, response) = start_echo_task(&plugin, dir.path(), "echo", HANG_TIMEOUT).await;
+    let published = published_addr(&response, "echo");
     tokio::task::spawn_blocking(move || wait_for_echo(published, HANG_TIMEOUT))
         .await
         .expect("probe thread ends");
@@ -156,15 +123,7 @@ async fn prometheus_scrapes_driver_metrics() {
     let page = prometheus::check_page(metrics).await;
     assert!(page.contains(TASKS_RUNNING), "page:\n{page}");
 
-    let request = DestroyTaskRequest {
-        task_id,
-        force: true,
-    };
-    plugin
-        .driver()
-        .destroy_task(request)
-        .await
-        .expect("DestroyTask succeeds");
+    destroy_task(&plugin, &prepared.config.id).await;
     let server_addr = server.addr;
     drop(server);
     drop(plugin);

@@ -10,19 +10,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use styx_driver::proto::drivers::{
-    DestroyTaskRequest, DriverTaskEvent, ExecTaskRequest, ExecTaskStreamingIoOperation,
-    ExecTaskStreamingRequest, InspectTaskRequest, RecoverTaskRequest, SignalTaskRequest,
-    StartTaskRequest, StartTaskResponse, StopTaskRequest, TaskConfig, TaskConfigSchemaRequest,
-    TaskEventsRequest, TaskHandle, TaskState, TaskStatsRequest, WaitTaskRequest, WaitTaskResponse,
+    DriverTaskEvent, ExecTaskRequest, ExecTaskStreamingIoOperation, ExecTaskStreamingRequest,
+    InspectTaskRequest, RecoverTaskRequest, SignalTaskRequest, StartTaskResponse, TaskConfig,
+    TaskEventsRequest, TaskHandle, TaskState, TaskStatsRequest, WaitTaskResponse,
     exec_task_streaming_request,
 };
-use styx_driver::proto::hclspec::Spec;
 use styx_driver::task::status_is_recoverable;
-use styx_tests::cty::{Value, encode_with_spec};
+use styx_tests::cty::Value;
 use styx_tests::nomad::{Plugin, send_signal};
-use styx_tests::published::{published_addr, wait_for_echo};
+use styx_tests::published::{published_addr, start_echo_task, wait_for_echo};
+use styx_tests::rpc::{destroy_task, start_task, stop_task, wait_task};
 use styx_tests::sim::{Simulator, launch_plugin};
-use styx_tests::task::{Port, PreparedTask, TaskSpec, free_port, prepare};
+use styx_tests::task::{Port, PreparedTask, TaskSpec, free_port};
 use tonic::{Code, Status, Streaming};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_styx-driver-under-test");
@@ -73,68 +72,25 @@ impl Harness {
         .await;
     }
 
-    async fn schema(&self) -> Spec {
-        self.plugin
-            .driver()
-            .task_config_schema(TaskConfigSchemaRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .spec
-            .unwrap()
-    }
-
     /// Prepares the task's directories and FIFOs and calls StartTask.
     async fn start_task(
         &self,
         spec: &TaskSpec,
         body: &Value,
     ) -> (PreparedTask, Result<StartTaskResponse, Status>) {
-        let config = encode_with_spec(&self.schema().await, body).unwrap();
-        let prepared = prepare(self.dir.path(), spec, config);
-        let request = StartTaskRequest {
-            task: Some(prepared.config.clone()),
-        };
-        let response = tokio::time::timeout(HANG_TIMEOUT, self.plugin.driver().start_task(request))
-            .await
-            .expect("StartTask returns");
-        (prepared, response.map(tonic::Response::into_inner))
+        start_task(&self.plugin, self.dir.path(), spec, body, HANG_TIMEOUT).await
     }
 
     async fn wait(&self, id: &str) -> WaitTaskResponse {
-        let request = WaitTaskRequest {
-            task_id: id.to_owned(),
-        };
-        tokio::time::timeout(HANG_TIMEOUT, self.plugin.driver().wait_task(request))
-            .await
-            .expect("task exits")
-            .expect("WaitTask succeeds")
-            .into_inner()
+        wait_task(&self.plugin, id, HANG_TIMEOUT).await
     }
 
     async fn stop(&self, id: &str, timeout: Duration, signal: &str) {
-        let request = StopTaskRequest {
-            task_id: id.to_owned(),
-            timeout: Some(timeout.try_into().unwrap()),
-            signal: signal.to_owned(),
-        };
-        self.plugin
-            .driver()
-            .stop_task(request)
-            .await
-            .expect("StopTask succeeds");
+        stop_task(&self.plugin, id, timeout, signal).await;
     }
 
     async fn destroy(&self, id: &str) {
-        let request = DestroyTaskRequest {
-            task_id: id.to_owned(),
-            force: true,
-        };
-        self.plugin
-            .driver()
-            .destroy_task(request)
-            .await
-            .expect("DestroyTask succeeds");
+        destroy_task(&self.plugin, id).await;
     }
 
     async fn recover(&self, handle: TaskHandle) -> Result<(), Status> {
@@ -763,16 +719,9 @@ async fn thirty_tasks_recover_together() {
     let mut harness = Harness::start().await;
     let mut tasks = Vec::new();
     for index in 0..TASKS {
-        let mut spec = TaskSpec::new(&format!("echo{index}"));
-        spec.ports = vec![Port {
-            label: "echo".to_owned(),
-            value: free_port(),
-            to: 7,
-        }];
-        let (prepared, response) = harness
-            .start_task(&spec, &image_with_ports("styx/echo", &[], &["echo"]))
-            .await;
-        let response = response.expect("StartTask succeeds");
+        let name = format!("echo{index}");
+        let (_, prepared, response) =
+            start_echo_task(&harness.plugin, harness.dir.path(), &name, HANG_TIMEOUT).await;
         tasks.push((prepared, response));
     }
 
