@@ -22,6 +22,18 @@ fn run_with(args: &[&str]) -> Output {
         .expect("styx-proxy starts")
 }
 
+/// Runs `styx-proxy run` with a valid listener and upstream plus `flag value`.
+fn run_with_flag(flag: &str, value: &str) -> Output {
+    run_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "127.0.0.1:1",
+        flag,
+        value,
+    ])
+}
+
 /// Checks that a failed run exited with code 2 and printed exactly one line that
 /// contains every one of `needles`.
 fn assert_one_line_error(output: &Output, needles: &[&str]) {
@@ -52,27 +64,13 @@ fn bad_listen_flag_named() {
 
 #[test]
 fn bad_engine_flag_named() {
-    let output = run_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "127.0.0.1:1",
-        "--engine",
-        "zero",
-    ]);
+    let output = run_with_flag("--engine", "zero");
     assert_one_line_error(&output, &["--engine", "zero"]);
 }
 
 #[test]
 fn zero_max_connections_named() {
-    let output = run_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "127.0.0.1:1",
-        "--max-connections",
-        "0",
-    ]);
+    let output = run_with_flag("--max-connections", "0");
     assert_one_line_error(&output, &["--max-connections"]);
 }
 
@@ -86,14 +84,7 @@ fn negative_numbers_named_as_invalid() {
         "--idle-timeout-s",
         "--drain-timeout-s",
     ] {
-        let output = run_with(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:1",
-            flag,
-            "-1",
-        ]);
+        let output = run_with_flag(flag, "-1");
         assert_one_line_error(&output, &["invalid value '-1'", flag]);
     }
 }
@@ -105,37 +96,16 @@ fn zero_timeouts_say_minimum() {
         ("--preconnect-max-idle-s", "must be at least 1 s"),
     ];
     for (flag, message) in cases {
-        let output = run_with(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:1",
-            flag,
-            "0",
-        ]);
+        let output = run_with_flag(flag, "0");
         assert_one_line_error(&output, &[flag, message]);
     }
-    let output = run_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "127.0.0.1:1",
-        "--connect-timeout-ms",
-        "soon",
-    ]);
+    let output = run_with_flag("--connect-timeout-ms", "soon");
     assert_one_line_error(&output, &["--connect-timeout-ms", "whole number of ms"]);
 }
 
 #[test]
 fn unknown_flag_named() {
-    let output = run_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "127.0.0.1:1",
-        "--speed",
-        "9",
-    ]);
+    let output = run_with_flag("--speed", "9");
     assert_one_line_error(&output, &["--speed"]);
 }
 
