@@ -161,11 +161,11 @@ fn is_styx_plist_name(name: &str) -> bool {
 /// Formats up to three names, then how many more there are.
 fn list_names(names: &[String]) -> String {
     const SHOWN: usize = 3;
-    let shown = names[..names.len().min(SHOWN)].join(", ");
+    let listed = names[..names.len().min(SHOWN)].join(", ");
     match names.len().saturating_sub(SHOWN) {
-        0 => shown,
-        1 => format!("{shown} and 1 more entry"),
-        more => format!("{shown} and {more} more entries"),
+        0 => listed,
+        1 => format!("{listed} and 1 more entry"),
+        more => format!("{listed} and {more} more entries"),
     }
 }
 

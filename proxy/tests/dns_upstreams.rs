@@ -1,7 +1,7 @@
 //! Upstreams given by name, against a real dnsmasq on a loopback port: round-robin over a
 //! name's addresses, following a zone whose address set changes, setting aside an address
-//! that refuses, and SRV upstreams that take their ports from the answer and move to the
-//! next priority when the first one refuses.
+//! that refuses, and SRV upstreams that take their ports from the SRV records and move to
+//! the next priority when every address of the first one refuses.
 //!
 //! Each upstream server listens on its own loopback address (127.0.0.N), so dnsmasq can
 //! serve it as an A record, and writes that address to every client it accepts. A client

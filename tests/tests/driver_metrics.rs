@@ -304,14 +304,14 @@ async fn relaunched_plugin_counts_recovery() {
 }
 
 #[tokio::test]
-async fn taken_address_rejected_by_name() {
+async fn occupied_address_rejected_by_name() {
     let node = Node::launch().await;
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken = holder.local_addr().unwrap();
+    let occupied = holder.local_addr().unwrap();
 
-    let status = node.configure(&taken.to_string()).await.unwrap_err();
+    let status = node.configure(&occupied.to_string()).await.unwrap_err();
     let message = status.message();
-    assert!(message.contains(&taken.to_string()), "{message}");
+    assert!(message.contains(&occupied.to_string()), "{message}");
     assert!(message.contains("metrics_address"), "{message}");
     assert!(message.contains("in use"), "{message}");
 
@@ -319,7 +319,7 @@ async fn taken_address_rejected_by_name() {
     let free = loopback_addr();
     node.configure(&free.to_string())
         .await
-        .expect("a free address after a taken one");
+        .expect("a free address after an occupied one");
     samples(free).await;
 }
 

@@ -2,9 +2,14 @@
 //! bookworm), run as child processes against metrics endpoints that a test started.
 //!
 //! The server's scraper alone is a weak check. Run by hand, Prometheus 2.42 kept a
-//! target up with no error for each of these pages: a second HELP or TYPE line, a
-//! series listed twice, an invalid escape, a histogram without a +Inf bucket, and a
-//! JSON content type. So [`Prometheus::assert_stored_whole`] compares the samples scraped with the series
+//! target up with no error for each of these pages:
+//! - a second HELP or TYPE line;
+//! - a series listed twice;
+//! - an invalid escape;
+//! - a histogram without a +Inf bucket;
+//! - a JSON content type.
+//!
+//! So [`Prometheus::assert_stored_whole`] compares the samples scraped with the series
 //! stored and looks for the +Inf bucket of every histogram, and [`check_page`] runs
 //! `promtool check metrics` and checks the Content-Type header.
 //!
@@ -119,8 +124,9 @@ pub async fn http_get(addr: SocketAddr, target: &str) -> std::io::Result<Respons
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
 
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let invalid = |description: &str| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, description.to_owned())
+    };
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| invalid("response has no end of headers"))?;
@@ -210,7 +216,7 @@ impl Prometheus {
 
     /// Calls `check` until it returns `Ok`, and fails with its last `Err` and the
     /// server's log at the deadline or as soon as the server exits.
-    pub async fn poll<T, F, Fut>(&mut self, what: &str, mut check: F) -> T
+    pub async fn poll<T, F, Fut>(&mut self, description: &str, mut check: F) -> T
     where
         F: FnMut(SocketAddr) -> Fut,
         Fut: Future<Output = Result<T, String>>,
@@ -220,7 +226,7 @@ impl Prometheus {
         loop {
             if self.guard.has_exited() {
                 panic!(
-                    "prometheus exited while waiting for {what}; last result: {last}\n\
+                    "prometheus exited while waiting for {description}; last result: {last}\n\
                      Prometheus log:\n{}",
                     self.log_tail()
                 );
@@ -231,7 +237,7 @@ impl Prometheus {
             }
             if tokio::time::Instant::now() >= deadline {
                 panic!(
-                    "timed out after {DEADLINE:?} waiting for {what}; \
+                    "timed out after {DEADLINE:?} waiting for {description}; \
                      last result: {last}\nPrometheus log:\n{}",
                     self.log_tail()
                 );
@@ -464,7 +470,7 @@ pub async fn check_page(addr: SocketAddr) -> String {
     response.body
 }
 
-pub async fn assert_nothing_listens(addr: SocketAddr, what: &str) {
+pub async fn assert_nothing_listens(addr: SocketAddr, description: &str) {
     let connect = TcpStream::connect(addr).await;
-    assert!(connect.is_err(), "{what} still listens on {addr}");
+    assert!(connect.is_err(), "{description} still listens on {addr}");
 }
